@@ -1,0 +1,261 @@
+"""The ``kbq`` command: a thin Typer shell over :mod:`kb.service`.
+
+``kbq "QUERY"`` runs the ``query`` command: the group below inserts the
+command name when the first positional word is not a command, so options may
+stand before or after the query. Every expected failure prints one line
+``kbq: error: ...`` on stderr and exits non-zero; no traceback reaches the
+user unless ``KBQ_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from kb import __version__
+from kb.errors import KbqError
+
+
+class QueryByDefault(TyperGroup):
+    """Treat ``kbq [OPTIONS] TEXT [OPTIONS]`` as ``kbq query ...``."""
+
+    default_command = "query"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and self._needs_default(ctx, args):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+    def _needs_default(self, ctx: click.Context, args: list[str]) -> bool:
+        if args[0] in ("--help", "-h", "--version"):
+            return False
+        command = self.get_command(ctx, self.default_command)
+        takes_value = {
+            name
+            for param in (command.params if command else [])
+            if isinstance(param, click.Option) and not param.is_flag
+            for name in param.opts
+        }
+        skip_next = False
+        for token in args:
+            if skip_next:
+                skip_next = False
+                continue
+            if token == "--":
+                return True
+            if token.startswith("-") and token != "-":
+                skip_next = token in takes_value
+                continue
+            return token not in self.commands
+        return True  # only options, e.g. `kbq --json`: let `query` report the missing text
+
+
+app = typer.Typer(
+    cls=QueryByDefault,
+    help="Troubleshoot LLM training runs from documented past incidents.\n\n"
+    'Ask:  kbq "gemma3 loss 70 zero3"   (same as: kbq query "...")',
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+DbOption = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL [env KBQ_DB; default: per-user database]")
+JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON (schema in README).")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"kbq {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+) -> None:
+    """Troubleshoot LLM training runs from documented past incidents."""
+
+
+@contextmanager
+def failures() -> Iterator[None]:
+    """Turn every failure into one line on stderr and a non-zero exit."""
+    try:
+        yield
+    except KbqError as err:
+        typer.echo(f"kbq: error: {err}", err=True)
+        raise typer.Exit(err.exit_code) from None
+    except (typer.Exit, typer.Abort, click.ClickException):
+        raise
+    except KeyboardInterrupt:
+        typer.echo("kbq: interrupted", err=True)
+        raise typer.Exit(130) from None
+    except Exception as err:  # noqa: BLE001 - the last line of defence for the user
+        if os.environ.get("KBQ_DEBUG"):
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        typer.echo(f"kbq: internal error: {type(err).__name__}: {message} (set KBQ_DEBUG=1 for the traceback)", err=True)
+        raise typer.Exit(70) from None
+
+
+def _kb(db: Optional[str]):
+    from kb.service import KnowledgeBase
+
+    return KnowledgeBase(db)
+
+
+def _print_notices(kb) -> None:
+    for notice in kb.notices:
+        typer.echo(f"kbq: note: {notice}", err=True)
+
+
+def _emit_json(data) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+
+
+@app.command("query")
+def query_command(
+    text: str = typer.Argument(..., metavar="QUERY", help="The symptom, in English or Chinese, terse or a pasted report."),
+    top: int = typer.Option(5, "-k", "--top", min=1, max=100, help="How many cases to show."),
+    as_json: bool = JsonOption,
+    model: Optional[str] = typer.Option(None, "--model", help="Only cases of this model or family (e.g. gemma-3, qwen)."),
+    framework: Optional[str] = typer.Option(None, "--framework", help="Only cases of this framework (e.g. llama-factory)."),
+    tag: Optional[str] = typer.Option(None, "--tag", help="Only cases carrying this tag."),
+    db: Optional[str] = DbOption,
+) -> None:
+    """Find the documented incidents closest to a symptom, with the fixes that worked."""
+    from kb.retriever import Filters
+
+    with failures():
+        kb = _kb(db)
+        outcome = kb.search(text, k=top, filters=Filters(model=model, framework=framework, tag=tag))
+        _print_notices(kb)
+        if as_json:
+            _emit_json(outcome.to_json())
+        else:
+            from cli.render import render_outcome
+
+            render_outcome(outcome)
+
+
+@app.command("show")
+def show_command(case_id: str = typer.Argument(..., metavar="ID"), as_json: bool = JsonOption, db: Optional[str] = DbOption) -> None:
+    """Show one case in full."""
+    with failures():
+        case = _kb(db).get(case_id)
+        if as_json:
+            _emit_json(case)
+        else:
+            from cli.render import render_case
+
+            render_case(case)
+
+
+@app.command("list")
+def list_command(
+    model: Optional[str] = typer.Option(None, "--model"),
+    framework: Optional[str] = typer.Option(None, "--framework"),
+    tag: Optional[str] = typer.Option(None, "--tag"),
+    status: Optional[str] = typer.Option(None, "--status", help="reviewed or draft"),
+    as_json: bool = JsonOption,
+    db: Optional[str] = DbOption,
+) -> None:
+    """List the cases in the case base."""
+    from kb.retriever import Filters
+
+    with failures():
+        if status not in (None, "reviewed", "draft"):
+            raise KbqError(f"--status must be 'reviewed' or 'draft', got '{status}'")
+        cases = _kb(db).cases(Filters(model=model, framework=framework, tag=tag), status=status)
+        if as_json:
+            _emit_json([{k: c.get(k) for k in ("id", "title", "status", "phase", "model", "framework", "tags", "sources")} for c in cases])
+        else:
+            from cli.render import render_case_list
+
+            render_case_list(cases)
+
+
+@app.command("stats")
+def stats_command(as_json: bool = JsonOption, db: Optional[str] = DbOption) -> None:
+    """Count the cases by status, model family, framework, phase and language."""
+    from dataclasses import asdict
+
+    with failures():
+        stats = _kb(db).stats()
+        if as_json:
+            _emit_json(asdict(stats))
+        else:
+            from cli.render import render_stats
+
+            render_stats(stats)
+
+
+@app.command("ingest")
+def ingest_command(
+    paths: Optional[List[Path]] = typer.Argument(None, help="Case files or directories [default: the bundled cases]."),
+    include_drafts: bool = typer.Option(False, "--include-drafts", help="Also load cases marked status: draft."),
+    db: Optional[str] = DbOption,
+) -> None:
+    """Validate case files, then add or update them all in one transaction."""
+    with failures():
+        kb = _kb(db)
+        report = kb.ingest(list(paths) if paths else None, include_drafts=include_drafts)
+        typer.echo(
+            f"ingested into {kb.describe()}: {len(report.added)} added, {len(report.updated)} updated, "
+            f"{len(report.unchanged)} unchanged"
+        )
+
+
+@app.command("export")
+def export_command(
+    directory: Path = typer.Argument(..., metavar="DIR"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace case files that already exist in DIR."),
+    db: Optional[str] = DbOption,
+) -> None:
+    """Write every case back to YAML, one <id>.yaml per case."""
+    with failures():
+        written = _kb(db).export(directory, overwrite=overwrite)
+        typer.echo(f"wrote {len(written)} case file(s) to {directory}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Option("head", "--revision"), db: Optional[str] = DbOption) -> None:
+    """Create or upgrade the schema."""
+    with failures():
+        kb = _kb(db)
+        typer.echo(f"{kb.describe()}: schema at revision {kb.upgrade(revision)}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: str = typer.Argument(..., help="Target revision, e.g. base"), db: Optional[str] = DbOption) -> None:
+    """Downgrade the schema (``base`` drops every kbq table)."""
+    with failures():
+        kb = _kb(db)
+        typer.echo(f"{kb.describe()}: schema at revision {kb.downgrade(revision) or 'base'}")
+
+
+@db_app.command("current")
+def db_current(db: Optional[str] = DbOption) -> None:
+    """Print the schema revision of the database."""
+    with failures():
+        kb = _kb(db)
+        typer.echo(f"{kb.describe()}: schema at revision {kb.schema_revision() or 'base (empty)'}")
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app(prog_name="kbq")
+
+
+if __name__ == "__main__":
+    run()

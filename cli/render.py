@@ -1,0 +1,171 @@
+"""Terminal rendering with rich: readable at 80 columns, Chinese aligned by cell width."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from kb.results import Hit, SearchOutcome
+
+console = Console(highlight=False, soft_wrap=False)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(_value(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _features_line(features: dict[str, list]) -> str:
+    if not features:
+        return "[dim]no structured features recognised; text match only[/]"
+    return " · ".join(f"{name} [bold]{escape(_value(values))}[/]" for name, values in features.items())
+
+
+def _matched(hit: Hit) -> Text:
+    line = Text()
+    for feature in hit.matched_features:
+        if line:
+            line.append(" · ")
+        shown = _value(feature.case)
+        label = f"{feature.name} {shown}"
+        if feature.similarity < 1:
+            label = f"{feature.name} {_value(feature.query)}≈{shown}"
+        line.append(label, style="green" if feature.similarity >= 0.99 else "yellow")
+        line.append(f" +{feature.contribution:.2f}", style="dim")
+    missed = [f.name for f in hit.features if f.similarity == 0]
+    if missed:
+        line.append(("  " if line else "") + "no match: " + ", ".join(missed), style="dim red")
+    return line if line else Text("none", style="dim")
+
+
+def _hit_panel(hit: Hit) -> Panel:
+    case = hit.case
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(style="bold cyan", no_wrap=True)
+    grid.add_column(ratio=1)
+    grid.add_row("Matched", _matched(hit))
+    terms = ", ".join(t.split(":", 1)[-1] for t, _ in hit.text.terms[:5]) or "-"
+    grid.add_row("Text", Text(f"{hit.text.score:.2f} (+{hit.text.contribution:.2f}): {terms}"))
+    for cause in case["causes"][:2]:
+        grid.add_row("Cause", Text(cause))
+    for fix in case["fixes"][:3]:
+        mark = Text("✓ ", style="bold green") if fix.get("confirmed") else Text("· ", style="dim")
+        grid.add_row("Fix", mark + Text(fix["action"]))
+    grid.add_row("Sources", Text("\n".join(case["sources"]), style="blue"))
+    title = Text.assemble((f"{hit.rank}. ", "bold"), (hit.case_id, "bold magenta"))
+    score = Text(f"score {hit.score:.2f}" + ("" if hit.confident else " (weak)"), style="bold" if hit.confident else "yellow")
+    body = Group(Text(case["title"], style="bold"), grid)
+    return Panel(body, title=title, title_align="left", subtitle=score, subtitle_align="right",
+                 border_style="green" if hit.confident else "yellow", box=box.ROUNDED)
+
+
+def render_outcome(outcome: SearchOutcome) -> None:
+    console.print(f"[bold]Parsed[/] {_features_line(outcome.features)}")
+    if not outcome.hits:
+        console.print(
+            f"[bold yellow]No close case[/]: none of the {outcome.case_count} cases"
+            + (" that pass the filters" if any(outcome.filters.values()) else "")
+            + " shares a term or a feature with the query."
+        )
+        return
+    if outcome.abstained:
+        console.print(
+            f"[bold yellow]No close case[/] among {outcome.case_count} cases (confidence threshold {outcome.threshold:g}). "
+            "The best weak candidates, for what they are worth:"
+        )
+    strong = [hit for hit in outcome.hits if hit.confident]
+    weak = [hit for hit in outcome.hits if not hit.confident]
+    for hit in strong:
+        console.print(_hit_panel(hit))
+    if weak:
+        table = Table(title=None if outcome.abstained else "Weaker candidates (below the confidence threshold)",
+                      title_justify="left", box=box.SIMPLE, show_header=True, expand=True)
+        table.add_column("#", justify="right", no_wrap=True)
+        table.add_column("case", style="magenta", no_wrap=True)
+        table.add_column("title", ratio=1, overflow="fold")
+        table.add_column("score", justify="right", no_wrap=True)
+        for hit in weak:
+            table.add_row(str(hit.rank), hit.case_id, hit.case["title"], f"{hit.score:.2f}")
+        console.print(table)
+    if outcome.fixes:
+        table = Table(title="Recommended fixes", title_justify="left", box=box.SIMPLE, show_header=True, expand=True)
+        table.add_column("#", justify="right", no_wrap=True)
+        table.add_column("Fix", ratio=1, overflow="fold")
+        table.add_column("From", overflow="fold", max_width=24, style="magenta")
+        for i, fix in enumerate(outcome.fixes, start=1):
+            mark = Text("✓ confirmed ", style="bold green") if fix.confirmed else Text("")
+            table.add_row(str(i), mark + Text(fix.action), ", ".join(fix.cases))
+        console.print(table)
+
+
+def render_case(case: dict[str, Any]) -> None:
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(style="bold cyan", no_wrap=True)
+    grid.add_column(ratio=1)
+    model = case["model"]
+    framework = case["framework"]
+    grid.add_row("Status", f"{case.get('status', 'reviewed')} · language {case['language']} · phase {case.get('phase', '-')}")
+    grid.add_row("Model", escape(" · ".join(str(v) for v in [model["name"], model.get("version"), model.get("size")] if v)))
+    libs = ", ".join(f"{k} {v}" for k, v in framework.get("libraries", {}).items())
+    grid.add_row("Framework", escape(" ".join(v for v in [framework["name"], framework.get("version", "")] if v) + (f" ({libs})" if libs else "")))
+    hardware = case.get("hardware") or {}
+    if hardware:
+        grid.add_row("Hardware", escape(" · ".join(f"{k} {v}" for k, v in hardware.items())))
+    if case.get("config"):
+        grid.add_row("Config", escape(", ".join(f"{k}={v}" for k, v in case["config"].items())))
+    grid.add_row("Symptom", Text(case["symptom"]))
+    for obs in case.get("observations", []):
+        where = f" @ step {obs['step']}" if obs.get("step") else ""
+        note = f" — {obs['note']}" if obs.get("note") else ""
+        grid.add_row("Observed", Text(f"{obs['metric']} {obs['value']:g} ({obs.get('when', 'other')}, {obs.get('context', 'symptom')}){where}{note}"))
+    for cause in case["causes"]:
+        grid.add_row("Cause", Text(cause))
+    for fix in case["fixes"]:
+        mark = Text("✓ confirmed ", style="bold green") if fix.get("confirmed") else Text("unconfirmed ", style="dim")
+        grid.add_row("Fix", mark + Text(fix["action"]))
+    if case.get("tags"):
+        grid.add_row("Tags", Text(", ".join(case["tags"])))
+    if case.get("related"):
+        grid.add_row("Related", Text(", ".join(case["related"])))
+    grid.add_row("Sources", Text("\n".join(case["sources"]), style="blue"))
+    if case.get("updated_at"):
+        grid.add_row("Updated", f"{case['updated_at']} (created {case.get('created_at')})")
+    console.print(Panel(Group(Text(case["title"], style="bold"), grid), title=case["id"], title_align="left", box=box.ROUNDED))
+
+
+def render_case_list(cases: list[dict[str, Any]]) -> None:
+    table = Table(box=box.SIMPLE_HEAD, expand=True)
+    table.add_column("id", style="magenta", no_wrap=True)
+    table.add_column("title", ratio=1, overflow="ellipsis", no_wrap=True)
+    table.add_column("model", no_wrap=True, max_width=14)
+    table.add_column("framework", no_wrap=True, max_width=14)
+    for case in cases:
+        model = case["model"].get("version") or case["model"]["name"]
+        status = "" if case.get("status", "reviewed") == "reviewed" else " [draft]"
+        table.add_row(case["id"], case["title"] + status, model, case["framework"]["name"])
+    console.print(table)
+    console.print(f"{len(cases)} case(s)")
+
+
+def render_stats(stats) -> None:
+    total = sum(stats.counts.values())
+    console.print(f"[bold]{total} cases[/] in {escape(stats.url)}: "
+                  + ", ".join(f"{n} {status}" for status, n in sorted(stats.counts.items())))
+    console.print(f"index: {stats.index_cases} reviewed cases, {stats.index_terms} terms, revision {stats.revision}")
+    for title, counts in (("model family", stats.by_model_family), ("framework", stats.by_framework),
+                          ("phase", stats.by_phase), ("language", stats.by_language)):
+        table = Table(box=box.SIMPLE, title=f"by {title}", title_justify="left", show_header=False)
+        table.add_column(title)
+        table.add_column("cases", justify="right")
+        for name, count in counts.items():
+            table.add_row(escape(str(name)), str(count))
+        console.print(table)

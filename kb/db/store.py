@@ -1,0 +1,299 @@
+"""Reading and writing cases: the only module that touches the case tables.
+
+An ingest is one transaction: it either applies every change (and a new
+``revision``) or none. Writers are serialized: on SQLite by ``BEGIN
+IMMEDIATE`` (see :mod:`kb.db.engine`), on PostgreSQL by locking the
+``revision`` row, so two ingests never interleave.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Connection, Select, delete, func, insert, inspect, select, text, update
+
+from kb.db._common import no_schema_message, resolve_lock_timeout
+from kb.db.engine import describe, make_engine, normalize_url, reader, translate_errors
+from kb.db.fastmeta import DbState
+from kb.db.migrate import HEAD
+from kb.db.schema import CaseRow, MetaRow
+from kb.errors import DatabaseError
+from kb.models import Case, document_hash
+
+REVISION_KEY = "revision"
+_CHUNK = 500  # ids per IN (...), well under every backend's parameter limit
+
+
+@dataclass(frozen=True)
+class StoredCase:
+    """A case as stored: its document plus the timestamps the store keeps."""
+
+    id: str
+    status: str
+    document: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+    def to_case(self) -> Case:
+        """The validated case with its timestamps, e.g. for export."""
+        return Case.model_validate({**self.document, "created_at": self.created_at, "updated_at": self.updated_at})
+
+
+@dataclass
+class IngestReport:
+    """What one :meth:`CaseStore.upsert` did, id by id."""
+
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    meta_updated: list[str] = field(default_factory=list)
+    revision: str | None = None
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.updated or self.removed or self.meta_updated)
+
+
+class CaseStore:
+    """The case base in one database (SQLite file or PostgreSQL URL)."""
+
+    def __init__(self, url: str, *, lock_timeout: float | None = None) -> None:
+        self.url = normalize_url(url)
+        self.lock_timeout = lock_timeout
+        self.engine = make_engine(self.url, lock_timeout=lock_timeout)
+        self._reader = reader(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> CaseStore:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- writing -----------------------------------------------------------
+
+    def upsert(
+        self,
+        cases: Sequence[Case],
+        *,
+        remove_ids: Iterable[str] = (),
+        meta: dict[str, str] | None = None,
+    ) -> IngestReport:
+        """Insert, update and remove cases and set meta keys, all or nothing.
+
+        Timestamps given by a case win (so export then ingest reproduces the
+        database exactly); otherwise a new case gets "now" and a changed one
+        gets a new ``updated_at``. ``revision`` changes iff anything changed.
+        """
+        if isinstance(remove_ids, str):
+            raise TypeError("remove_ids must be a collection of ids, not one string")
+        ids = [case.id for case in cases]
+        removals = list(dict.fromkeys(remove_ids))
+        if len(set(ids)) != len(ids):
+            raise ValueError("upsert got the same case id twice")
+        if set(ids) & set(removals):
+            raise ValueError("upsert cannot both write and remove the same case id")
+        if meta and REVISION_KEY in meta:
+            raise ValueError(f"meta key {REVISION_KEY!r} is managed by the store")
+
+        report = IngestReport()
+        now = datetime.now(timezone.utc)
+        with self._write() as conn:
+            existing = _existing(conn, ids + removals)
+            for case in cases:
+                _apply_case(conn, case, existing.get(case.id), now, report)
+            report.removed = [case_id for case_id in removals if case_id in existing]
+            for chunk in _chunks(report.removed):
+                conn.execute(delete(CaseRow).where(CaseRow.id.in_(chunk)))
+            report.meta_updated = _set_meta(conn, meta or {})
+            if report.changed:
+                report.revision = uuid.uuid4().hex
+                _set_meta(conn, {REVISION_KEY: report.revision})
+            else:
+                report.revision = conn.scalar(select(MetaRow.value).where(MetaRow.key == REVISION_KEY))
+        return report
+
+    def delete(self, ids: Iterable[str]) -> IngestReport:
+        """Remove cases by id (unknown ids are ignored)."""
+        return self.upsert([], remove_ids=ids)
+
+    # -- reading -----------------------------------------------------------
+
+    def get(self, case_id: str) -> StoredCase | None:
+        with self._read() as conn:
+            row = conn.execute(_stored_select().where(CaseRow.id == case_id)).one_or_none()
+        return _stored(row) if row else None
+
+    def all(self, status: str | None = None) -> list[StoredCase]:
+        query = _stored_select().order_by(CaseRow.id)
+        if status is not None:
+            query = query.where(CaseRow.status == status)
+        with self._read() as conn:
+            return [_stored(row) for row in conn.execute(query)]
+
+    def counts(self) -> dict[str, int]:
+        """Number of cases by status."""
+        query = select(CaseRow.status, func.count()).group_by(CaseRow.status).order_by(CaseRow.status)
+        with self._read() as conn:
+            return {status: count for status, count in conn.execute(query)}
+
+    def read_meta(self) -> dict[str, str]:
+        with self._read() as conn:
+            return _meta(conn)
+
+    def revision(self) -> str | None:
+        """Changes on every write; '0' for a freshly migrated, never written base."""
+        return self.read_meta().get(REVISION_KEY)
+
+    def state(self) -> DbState:
+        """Schema version and meta in one read, tolerating an empty database."""
+        with self._read() as conn:
+            tables = set(inspect(conn).get_table_names())
+            version = _schema_version(conn) if "alembic_version" in tables else None
+            meta = _meta(conn) if MetaRow.__tablename__ in tables else {}
+        return DbState(schema_version=version, revision=meta.get(REVISION_KEY), meta=meta)
+
+    def is_initialized(self) -> bool:
+        """True when the kbq tables exist at the schema version this code needs."""
+        state = self.state()
+        return state.schema_version == HEAD and REVISION_KEY in state.meta
+
+    # -- transactions ------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with translate_errors(self.url, lock_timeout=self.lock_timeout), self._reader.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction holding the writer lock, at the expected schema."""
+        with translate_errors(self.url, lock_timeout=self.lock_timeout), self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Wait for another writer as long as SQLite would, then fail cleanly.
+                conn.execute(text("SELECT set_config('lock_timeout', :ms, true)"), {"ms": _pg_ms(self.lock_timeout)})
+            locked = conn.execute(
+                select(MetaRow.key).where(MetaRow.key == REVISION_KEY).with_for_update()
+            ).one_or_none()
+            version = _schema_version(conn)
+            if locked is None or version is None:
+                raise DatabaseError(no_schema_message(describe(self.url)))
+            if version != HEAD:
+                raise DatabaseError(
+                    f"database {describe(self.url)} is at schema {version}, kbq needs {HEAD}: run `kbq db upgrade`"
+                )
+            yield conn
+
+
+def _pg_ms(lock_timeout: float | None) -> str:
+    return f"{max(1, int(resolve_lock_timeout(lock_timeout) * 1000))}ms"
+
+
+def _schema_version(conn: Connection) -> str | None:
+    return conn.scalar(text("SELECT version_num FROM alembic_version"))
+
+
+def _meta(conn: Connection) -> dict[str, str]:
+    return {key: value for key, value in conn.execute(select(MetaRow.key, MetaRow.value))}
+
+
+def _set_meta(conn: Connection, values: dict[str, str]) -> list[str]:
+    """Write the keys whose value differs; returns those keys."""
+    current = _meta(conn)
+    changed = [key for key, value in values.items() if current.get(key) != value]
+    for key in changed:
+        if key in current:
+            conn.execute(update(MetaRow).where(MetaRow.key == key).values(value=values[key]))
+        else:
+            conn.execute(insert(MetaRow).values(key=key, value=values[key]))
+    return changed
+
+
+def _existing(conn: Connection, ids: list[str]) -> dict[str, tuple[str, datetime, datetime]]:
+    """content_hash, created_at, updated_at of the ids already stored."""
+    found: dict[str, tuple[str, datetime, datetime]] = {}
+    columns = (CaseRow.id, CaseRow.content_hash, CaseRow.created_at, CaseRow.updated_at)
+    for chunk in _chunks(ids):
+        for case_id, digest, created, updated in conn.execute(select(*columns).where(CaseRow.id.in_(chunk))):
+            found[case_id] = (digest, _utc(created), _utc(updated))
+    return found
+
+
+def _apply_case(
+    conn: Connection,
+    case: Case,
+    old: tuple[str, datetime, datetime] | None,
+    now: datetime,
+    report: IngestReport,
+) -> None:
+    given_created = _utc(case.created_at) if case.created_at else None
+    given_updated = _utc(case.updated_at) if case.updated_at else None
+    values = _columns(case)
+    if old is None:
+        values.update(created_at=given_created or now, updated_at=given_updated or now)
+        conn.execute(insert(CaseRow).values(**values))
+        report.added.append(case.id)
+        return
+    old_hash, old_created, old_updated = old
+    if values["content_hash"] != old_hash:
+        values.update(created_at=given_created or old_created, updated_at=given_updated or now)
+    else:
+        values = {}
+        if given_created and given_created != old_created:
+            values["created_at"] = given_created
+        if given_updated and given_updated != old_updated:
+            values["updated_at"] = given_updated
+        if not values:
+            report.unchanged.append(case.id)
+            return
+    conn.execute(update(CaseRow).where(CaseRow.id == case.id).values(**values))
+    report.updated.append(case.id)
+
+
+def _columns(case: Case) -> dict[str, Any]:
+    """The row for a case, minus timestamps: the document plus its filter columns."""
+    document = case.to_document()
+    return {
+        "id": case.id,
+        "title": case.title,
+        "status": case.status,
+        "language": case.language,
+        "phase": case.phase,
+        "model_family": case.model.family,
+        "model_version": case.model.version,
+        "framework": case.framework.name,
+        "document": document,
+        "content_hash": document_hash(document),
+    }
+
+
+def _stored_select() -> Select[Any]:
+    return select(CaseRow.id, CaseRow.status, CaseRow.document, CaseRow.created_at, CaseRow.updated_at)
+
+
+def _stored(row: Any) -> StoredCase:
+    return StoredCase(
+        id=row.id,
+        status=row.status,
+        document=row.document,
+        created_at=_utc(row.created_at),
+        updated_at=_utc(row.updated_at),
+    )
+
+
+def _utc(value: datetime) -> datetime:
+    """Aware UTC: SQLite hands back naive datetimes, PostgreSQL its session zone."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]

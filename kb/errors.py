@@ -1,0 +1,30 @@
+"""Errors the shells turn into one clear line (CLI) or a 4xx (API).
+
+Every message names what is wrong and where, so it can be shown as is.
+"""
+
+from __future__ import annotations
+
+
+class KbqError(Exception):
+    """Base class: an expected failure with a message fit for the user."""
+
+    exit_code = 1
+
+
+class QueryError(KbqError):
+    """The query text is unusable (empty, too long, not text)."""
+
+    exit_code = 2
+
+
+class CaseFileError(KbqError):
+    """A case file cannot be read or does not validate."""
+
+
+class DatabaseError(KbqError):
+    """The database URL is wrong, unreachable, busy or at the wrong schema."""
+
+
+class NotFoundError(KbqError):
+    """A case id that is not in the case base."""

@@ -1,0 +1,48 @@
+"""Recommended fixes: the fixes of the top cases, merged and ranked by support.
+
+Two fixes are the same fix when they share a ``key`` slug or their wording
+overlaps enough (word-set Jaccard). A fix's support is the sum of the scores of
+the cases that carry it, counted higher when it was confirmed to work, so a fix
+that several close cases agree on outranks a lone suggestion.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .results import Hit, RecommendedFix
+from .tokenize import Stopwords, word_tokens
+from .lexicon import normalize
+
+
+def _jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a and b else 0.0
+
+
+def recommend_fixes(hits: list[Hit], settings: dict[str, Any], stopwords: Stopwords) -> list[RecommendedFix]:
+    merged: list[tuple[RecommendedFix, set[str]]] = []
+    for hit in hits[: int(settings["max_cases"])]:
+        for fix in hit.case["fixes"]:
+            words = set(word_tokens(normalize(fix["action"]), stopwords))
+            weight = hit.score * (float(settings["confirmed_bonus"]) if fix.get("confirmed") else 1.0)
+            same = next(
+                (
+                    entry
+                    for entry in merged
+                    if (fix.get("key") and entry[0].key == fix.get("key"))
+                    or _jaccard(words, entry[1]) >= float(settings["merge_similarity"])
+                ),
+                None,
+            )
+            if same is None:
+                merged.append(
+                    (RecommendedFix(fix["action"], bool(fix.get("confirmed")), weight, [hit.case_id], fix.get("key")), words)
+                )
+                continue
+            entry = same[0]
+            entry.support += weight
+            entry.confirmed = entry.confirmed or bool(fix.get("confirmed"))
+            if hit.case_id not in entry.cases:
+                entry.cases.append(hit.case_id)
+    ranked = sorted((entry for entry, _ in merged), key=lambda f: (-f.support, f.action))
+    return ranked[: int(settings["max_fixes"])]

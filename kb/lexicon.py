@@ -1,0 +1,197 @@
+"""The alias lexicon: finds concepts (models, frameworks, settings, symptoms) in text.
+
+``kb/data/lexicon.yaml`` is written for people; :func:`compile_lexicon` turns it
+into plain lookup tables that are stored inside the persisted index, so a
+query never parses YAML. :class:`Lexicon` does the matching for both the
+tokenizer (concept tokens for TF-IDF) and the query parser (features).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from .paths import data_file
+
+LEXICON_FILE = "lexicon.yaml"
+
+# CJK Unified Ideographs (+ extension A) and the compatibility block.
+CJK_CHARS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_HAS_CJK = re.compile(f"[{CJK_CHARS}]")
+_ASCII_WORD = re.compile(r"[a-z0-9]+")
+# What may stand between the parts of a multi-word alias ("gemma 3", "zero_stage-3").
+_JOINER = re.compile(r"[\s\-_./:=]{0,3}")
+
+
+_COUNT_TIMES = re.compile(r"(?<![a-z0-9.])(\d+)\s*[x×*]\s*(?=[a-z])")
+
+
+def normalize(text: str) -> str:
+    """Fold width and case so that 'ＺｅＲＯ－３' and 'zero-3' look alike.
+
+    A count glued to a name ('8xA100', '8*A100') is spaced out ('8 x a100') so
+    the name can be matched as a word.
+    """
+    return _COUNT_TIMES.sub(r"\1 x ", unicodedata.normalize("NFKC", text).lower())
+
+
+def has_cjk(text: str) -> bool:
+    return bool(_HAS_CJK.search(text))
+
+
+def _alias_key(alias: str) -> tuple[str, bool]:
+    """The lookup key of an alias and whether it is matched as a substring (CJK)."""
+    norm = normalize(alias).strip()
+    if has_cjk(norm):
+        return norm, True
+    return " ".join(_ASCII_WORD.findall(norm)), False
+
+
+@dataclass(frozen=True)
+class Match:
+    group: str
+    concept: str
+    start: int
+    end: int
+
+
+def compile_lexicon(raw: dict[str, Any]) -> dict[str, Any]:
+    """Turn the human-written YAML structure into JSON-able lookup tables.
+
+    Raises ValueError naming the group and concept when an entry is malformed or
+    an alias degenerates to nothing (e.g. made only of punctuation).
+    """
+    concepts: dict[str, dict[str, dict[str, Any]]] = {}
+    ascii_table: dict[str, list[list[str]]] = {}
+    cjk_table: dict[str, list[list[str]]] = {}
+    max_words = 1
+    for group, entries in (raw.get("groups") or {}).items():
+        concepts[group] = {}
+        for concept_id, spec in (entries or {}).items():
+            concept_id = str(concept_id)
+            if isinstance(spec, list):
+                spec = {"aliases": spec}
+            if not isinstance(spec, dict):
+                raise ValueError(f"lexicon group {group!r}, concept {concept_id!r}: expected a list or a mapping")
+            info = {k: spec[k] for k in ("family", "parent", "value") if spec.get(k) is not None}
+            concepts[group][concept_id] = info
+            for alias in [concept_id, *(str(a) for a in spec.get("aliases") or [])]:
+                key, is_cjk = _alias_key(alias)
+                if not key:
+                    raise ValueError(f"lexicon group {group!r}, concept {concept_id!r}: alias {alias!r} has no letters or digits")
+                table = cjk_table if is_cjk else ascii_table
+                targets = table.setdefault(key, [])
+                if [group, concept_id] not in targets:
+                    targets.append([group, concept_id])
+                if not is_cjk:
+                    max_words = max(max_words, key.count(" ") + 1)
+    cues: dict[str, dict[str, list[str]]] = {}
+    for cue, words in (raw.get("cues") or {}).items():
+        entry: dict[str, list[str]] = {"ascii": [], "cjk": []}
+        for word in words:
+            key, is_cjk = _alias_key(str(word))
+            if key:
+                entry["cjk" if is_cjk else "ascii"].append(key)
+        cues[cue] = entry
+    return {
+        "features": list(raw.get("features") or []),
+        "concepts": concepts,
+        "ascii": ascii_table,
+        "cjk": cjk_table,
+        "max_words": max_words,
+        "cues": cues,
+    }
+
+
+def load_lexicon_source(path: Path | None = None) -> dict[str, Any]:
+    import yaml  # only needed when (re)building the index
+
+    path = path or data_file(LEXICON_FILE)
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle) or {}
+
+
+class Lexicon:
+    """Matching over a compiled lexicon (see :func:`compile_lexicon`)."""
+
+    def __init__(self, compiled: dict[str, Any]):
+        self.compiled = compiled
+        self.features: list[str] = compiled["features"]
+        self.concepts: dict[str, dict[str, dict[str, Any]]] = compiled["concepts"]
+        self._ascii: dict[str, list[list[str]]] = compiled["ascii"]
+        self._cjk: dict[str, list[list[str]]] = compiled["cjk"]
+        self._max_words: int = compiled["max_words"]
+        self._cue_patterns = {name: _cue_pattern(spec) for name, spec in compiled["cues"].items()}
+
+    @classmethod
+    def from_file(cls, path: Path | None = None) -> "Lexicon":
+        return cls(compile_lexicon(load_lexicon_source(path)))
+
+    def info(self, group: str, concept: str) -> dict[str, Any]:
+        return self.concepts.get(group, {}).get(concept, {})
+
+    def find(self, norm: str) -> list[Match]:
+        """All concept matches in normalized text; longest wins where spans overlap."""
+        candidates: list[tuple[int, int, list[list[str]]]] = []
+        words = [(m.group(), m.start(), m.end()) for m in _ASCII_WORD.finditer(norm)]
+        for i in range(len(words)):
+            end_limit = min(len(words), i + self._max_words)
+            for j in range(i, end_limit):
+                if j > i and not _JOINER.fullmatch(norm[words[j - 1][2] : words[j][1]]):
+                    break
+                key = " ".join(w[0] for w in words[i : j + 1])
+                targets = self._ascii.get(key)
+                if targets:
+                    candidates.append((words[i][1], words[j][2], targets))
+        if has_cjk(norm):
+            for key, targets in self._cjk.items():
+                start = norm.find(key)
+                while start != -1:
+                    candidates.append((start, start + len(key), targets))
+                    start = norm.find(key, start + 1)
+        candidates.sort(key=lambda c: (-(c[1] - c[0]), c[0]))
+        taken: list[tuple[int, int]] = []
+        matches: list[Match] = []
+        for start, end, targets in candidates:
+            if any(start < t_end and t_start < end for t_start, t_end in taken):
+                continue
+            taken.append((start, end))
+            matches.extend(Match(group, concept, start, end) for group, concept in targets)
+        matches.sort(key=lambda m: (m.start, m.group))
+        return matches
+
+    def resolve(self, group: str, value: str) -> str | None:
+        """The concept id a free-form value (e.g. 'Gemma-3', 'ZeRO3') stands for in a group."""
+        for match in self.find(normalize(value)):
+            if match.group == group:
+                return match.concept
+        return None
+
+    def cue_pattern(self, name: str) -> re.Pattern[str]:
+        return self._cue_patterns[name]
+
+
+def _cue_pattern(spec: dict[str, list[str]]) -> re.Pattern[str]:
+    """A regex finding any cue word: whole words for Latin cues, anywhere for CJK ones."""
+    parts: list[str] = []
+    for key in sorted(spec["ascii"], key=len, reverse=True):
+        body = r"[\s\-_./]{0,3}".join(re.escape(w) for w in key.split(" "))
+        parts.append(rf"(?<![a-z0-9]){body}(?![a-z0-9])")
+    parts.extend(re.escape(k) for k in sorted(spec["cjk"], key=len, reverse=True))
+    return re.compile("|".join(parts) if parts else r"(?!x)x")
+
+
+def concept_token(group: str, concept: str) -> str:
+    return f"{group}:{concept}"
+
+
+def iter_groups(matches: Iterable[Match], group: str) -> list[str]:
+    """Concept ids of one group, in order of appearance, without repeats."""
+    seen: list[str] = []
+    for match in matches:
+        if match.group == group and match.concept not in seen:
+            seen.append(match.concept)
+    return seen

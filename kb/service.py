@@ -1,0 +1,289 @@
+"""The one entry point the CLI and the HTTP API call: a case base behind a database URL.
+
+Responsibilities, and the reason they live together: deciding *when* work is
+needed. A query on an up-to-date case base reads the database revision
+(stdlib sqlite3, ~1 ms) and one JSON index file, and imports neither
+SQLAlchemy nor scikit-learn. Anything heavier happens only when something
+changed:
+
+* the default database (``~/.local/share/kbq/kbq.db``) is created from the
+  bundled cases on first use, and refreshed by itself whenever the bundled
+  cases change (for example after upgrading kbq);
+* a database named with ``--db``/``KBQ_DB`` is never changed behind the
+  user's back: kbq says when its schema is old or the bundled cases are newer;
+* the index is rebuilt when the database revision, the lexicon, the weights
+  or the stop words change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import DatabaseError, NotFoundError
+from .index import LoadedIndex, build_index, index_key, load_index, save_index
+from .paths import bundled_cases_dir, user_data_dir
+from .querytext import validate_query
+from .results import SearchOutcome
+from .retriever import Filters, search
+
+DB_ENV = "KBQ_DB"
+DEFAULT_DB_NAME = "kbq.db"
+BUNDLED_FINGERPRINT_KEY = "bundled_fingerprint"
+BUNDLED_IDS_KEY = "bundled_ids"
+
+
+def bundled_fingerprint(directory: Path | None = None) -> str:
+    """Hash of the bundled case files' names and bytes (cheap: a few hundred small files)."""
+    directory = directory or bundled_cases_dir()
+    digest = hashlib.sha256()
+    for path in sorted(directory.glob("*.y*ml")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class Stats:
+    url: str
+    counts: dict[str, int]
+    by_model_family: dict[str, int]
+    by_framework: dict[str, int]
+    by_phase: dict[str, int]
+    by_language: dict[str, int]
+    index_cases: int
+    index_terms: int
+    revision: str | None
+
+
+@dataclass
+class KnowledgeBase:
+    """A case base addressed by ``db`` (path or SQLAlchemy URL); None means the per-user default."""
+
+    db: str | None = None
+    home: Path = field(default_factory=user_data_dir)
+    notices: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.db = self.db or os.environ.get(DB_ENV) or None
+        self.is_default = self.db is None
+        if self.db is None:
+            self.url = f"sqlite:///{(self.home / DEFAULT_DB_NAME).resolve()}"
+        elif "://" not in self.db:
+            if not self.db.strip():
+                raise DatabaseError("empty database path: give a file path or a SQLAlchemy URL")
+            self.url = f"sqlite:///{Path(self.db).expanduser().resolve()}"
+        else:
+            from .db.engine import normalize_url
+
+            self.url = normalize_url(self.db)
+        self._index: LoadedIndex | None = None
+
+    # -- locations ---------------------------------------------------------------
+    @property
+    def index_path(self) -> Path:
+        name = hashlib.sha256(self.url.encode()).hexdigest()[:16]
+        return self.home / "index" / f"{name}.json"
+
+    def describe(self) -> str:
+        from .db._common import mask_password
+
+        return mask_password(self.url)
+
+    # -- readiness ----------------------------------------------------------------
+    def _state(self):
+        from .db.fastmeta import read_state
+
+        return read_state(self.url)
+
+    @contextmanager
+    def _init_lock(self) -> Iterator[None]:
+        """Serialise first-run set-up between kbq processes started at the same moment."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # Windows: SQLite's own locking still keeps the data safe
+            yield
+            return
+        with open(self.home / ".init.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def ensure_ready(self):
+        """Make sure the database can answer; returns its state."""
+        from .db.migrate import HEAD
+
+        state = self._state()
+        if self.is_default:
+            fingerprint = bundled_fingerprint()
+            if state is None or state.schema_version != HEAD or state.meta.get(BUNDLED_FINGERPRINT_KEY) != fingerprint:
+                with self._init_lock():
+                    state = self._state()
+                    if state is None or state.schema_version != HEAD:
+                        self.upgrade()
+                        state = self._state()
+                    if state.meta.get(BUNDLED_FINGERPRINT_KEY) != fingerprint:
+                        self.sync_bundled(fingerprint, state.meta)
+                        state = self._state()
+            return state
+        where = self.describe()
+        if state is None:
+            raise DatabaseError(f"{where}: no such database; create it with `kbq ingest --db {self.db}`")
+        if state.schema_version is None:
+            raise DatabaseError(f"{where}: has no kbq schema; run `kbq db upgrade --db {self.db}` then `kbq ingest --db {self.db}`")
+        if state.schema_version != HEAD:
+            raise DatabaseError(f"{where}: schema is at revision {state.schema_version}, kbq needs {HEAD}; run `kbq db upgrade --db {self.db}`")
+        known = state.meta.get(BUNDLED_FINGERPRINT_KEY)
+        if known and known != bundled_fingerprint():
+            self.notices.append(f"the bundled cases changed since this database was loaded; refresh with `kbq ingest --db {self.db}`")
+        return state
+
+    def upgrade(self, revision: str = "head") -> str | None:
+        from .db import migrate
+
+        return migrate.upgrade(self.url, revision)
+
+    def downgrade(self, revision: str) -> str | None:
+        from .db import migrate
+
+        return migrate.downgrade(self.url, revision)
+
+    def schema_revision(self) -> str | None:
+        from .db import migrate
+
+        return migrate.current(self.url)
+
+    # -- writing ------------------------------------------------------------------
+    def _store(self):
+        from .db.store import CaseStore
+
+        return CaseStore(self.url)
+
+    def sync_bundled(self, fingerprint: str, meta: dict[str, str]):
+        """Mirror the bundled cases into the default database (cases dropped upstream go too)."""
+        from .casefiles import load_cases
+
+        cases = [loaded.case for loaded in load_cases([bundled_cases_dir()], include_drafts=False)]
+        ids = sorted(c.id for c in cases)
+        previous = set(json.loads(meta.get(BUNDLED_IDS_KEY, "[]")))
+        with self._store() as store:
+            return store.upsert(
+                cases,
+                remove_ids=sorted(previous - set(ids)),
+                meta={BUNDLED_FINGERPRINT_KEY: fingerprint, BUNDLED_IDS_KEY: json.dumps(ids)},
+            )
+
+    def ingest(self, paths: list[Path] | None = None, *, include_drafts: bool = False):
+        """Validate every file first, then upsert all of them in one transaction."""
+        from .casefiles import load_cases
+        from .db.migrate import HEAD
+
+        bundled = not paths
+        loaded = load_cases(paths or [bundled_cases_dir()], include_drafts=include_drafts)
+        state = self._state()
+        if state is None or state.schema_version != HEAD:
+            if state is not None and state.schema_version is not None and not self.is_default:
+                raise DatabaseError(
+                    f"{self.describe()}: schema is at revision {state.schema_version}, kbq needs {HEAD}; run `kbq db upgrade --db {self.db}`"
+                )
+            self.upgrade()
+        meta = {}
+        if bundled:
+            fingerprint = bundled_fingerprint()
+            ids = sorted(item.case.id for item in loaded)
+            meta = {BUNDLED_FINGERPRINT_KEY: fingerprint, BUNDLED_IDS_KEY: json.dumps(ids)}
+        with self._store() as store:
+            report = store.upsert([item.case for item in loaded], meta=meta)
+        self._index = None
+        return report
+
+    def export(self, directory: Path, *, overwrite: bool = False) -> list[Path]:
+        from .casefiles import write_cases
+
+        self.ensure_ready()
+        with self._store() as store:
+            cases = [stored.to_case() for stored in store.all()]
+        return write_cases(cases, directory, overwrite=overwrite)
+
+    # -- reading ------------------------------------------------------------------
+    def index(self) -> LoadedIndex:
+        """The current index, rebuilt first if the case base or the data files changed."""
+        state = self.ensure_ready()
+        key = index_key(state.revision)
+        if self._index is not None and self._index.key == key:
+            return self._index
+        index = load_index(self.index_path)
+        if index is None or index.key != key:
+            with self._store() as store:
+                documents = [_document_with_times(stored) for stored in store.all()]
+            payload = build_index(documents, key)
+            save_index(payload, self.index_path)
+            index = LoadedIndex(payload)
+        self._index = index
+        return index
+
+    def search(self, query: str, k: int = 5, filters: Filters = Filters()) -> SearchOutcome:
+        from .parser import parse
+
+        text = validate_query(query)
+        if not 1 <= k <= 100:
+            from .errors import QueryError
+
+            raise QueryError(f"top-k must be between 1 and 100, got {k}")
+        index = self.index()
+        return search(index, parse(text, index.lexicon, index.stopwords), k=k, filters=filters)
+
+    def get(self, case_id: str) -> dict[str, Any]:
+        self.ensure_ready()
+        with self._store() as store:
+            stored = store.get(case_id)
+        if stored is None:
+            raise NotFoundError(f"no case with id '{case_id}' in {self.describe()}")
+        return _document_with_times(stored)
+
+    def cases(self, filters: Filters = Filters(), status: str | None = None) -> list[dict[str, Any]]:
+        """All stored cases (drafts too unless ``status`` says otherwise), filtered like a search."""
+        index = self.index()
+        allowed = None
+        if filters.model or filters.framework or filters.tag:
+            from .retriever import matching_ids
+
+            allowed = matching_ids(index, filters)
+        with self._store() as store:
+            documents = [_document_with_times(s) for s in store.all(status=status)]
+        return [d for d in documents if allowed is None or d["id"] in allowed]
+
+    def stats(self) -> Stats:
+        from collections import Counter
+
+        index = self.index()
+        with self._store() as store:
+            counts = store.counts()
+            revision = store.revision()
+        cases = index.cases
+        return Stats(
+            url=self.describe(),
+            counts=counts,
+            by_model_family=dict(Counter(c["model"].get("family") or "unknown" for c in cases).most_common()),
+            by_framework=dict(Counter(c["framework"]["name"] for c in cases).most_common()),
+            by_phase=dict(Counter(c.get("phase") or "unknown" for c in cases).most_common()),
+            by_language=dict(Counter(c["language"] for c in cases).most_common()),
+            index_cases=len(index),
+            index_terms=len(index.terms),
+            revision=revision,
+        )
+
+
+def _document_with_times(stored) -> dict[str, Any]:
+    document = dict(stored.document)
+    document["created_at"] = stored.created_at.isoformat()
+    document["updated_at"] = stored.updated_at.isoformat()
+    return document

@@ -1,0 +1,79 @@
+"""Shared fixtures: real databases (a SQLite file, PostgreSQL when configured) and cases."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kb.models import Case
+
+PG_ENV = "KBQ_TEST_DB_URL"
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A SQLite file that does not exist yet (kbq creates it)."""
+    return f"sqlite:///{tmp_path / 'kbq.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of each kind; PostgreSQL gets a private schema per test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'kbq.db'}"
+        return
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"{PG_ENV} not set: PostgreSQL tests skipped")
+    yield from _pg_schema_url(base)
+
+
+def _pg_schema_url(base: str) -> Iterator[str]:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from kb.db.engine import normalize_url
+
+    schema = f"kbq_t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(normalize_url(base), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        url = make_url(normalize_url(base)).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    finally:
+        admin.dispose()
+
+
+def case_data(case_id: str, **overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": case_id,
+        "title": f"Loss spikes in {case_id}",
+        "language": "en",
+        "phase": "sft",
+        "symptom": "loss jumps to NaN after a few hundred steps",
+        "model": {"name": "Llama-3-8B", "family": "llama", "version": "llama-3", "size": "8b"},
+        "framework": {"name": "deepspeed", "version": "0.14.0"},
+        "causes": ["learning rate too high for bf16"],
+        "fixes": [{"action": "lower the learning rate to 1e-5", "confirmed": True}],
+        "sources": [f"https://example.org/issues/{case_id}"],
+    }
+    data.update(overrides)
+    return data
+
+
+@pytest.fixture
+def make_case() -> Callable[..., Case]:
+    """Factory: ``make_case("some-id", title="...")`` gives a valid Case."""
+
+    def build(case_id: str, **overrides: Any) -> Case:
+        return Case.model_validate(case_data(case_id, **overrides))
+
+    return build

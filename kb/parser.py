@@ -21,7 +21,8 @@ CONCEPT_FEATURES = ("model", "framework", "precision", "finetuning", "phase", "a
 
 _NUMBER = r"\d+(?:\.\d+)?"
 # A number standing on its own (not part of 'zero3', 'v1.2.3', 'qwen2').
-_FREE_NUMBER = re.compile(rf"(?<![a-z0-9.\-])[~≈约]?\s*({_NUMBER})(?![0-9])")
+# A dash counts as a range ('1.8-2.0'), never as part of a name ('zero-3', '2e-5').
+_FREE_NUMBER = re.compile(rf"(?<![a-z0-9.])(?<![a-z_]-)[~≈约]?\s*({_NUMBER})(?![0-9])")
 # What may follow a number and makes it something other than a loss value:
 # a glued unit ('30m', '4b', '3k', '50%'), a unit word, or a Chinese measure word.
 _NOT_A_LOSS_AFTER = re.compile(

@@ -30,10 +30,9 @@ class Filters:
 def _passes(index: LoadedIndex, i: int, filters: Filters) -> bool:
     case, feats = index.cases[i], index.features[i]
     if filters.model:
+        # A version ('gemma-3') keeps that version; a family ('qwen') keeps the whole family.
         wanted = index.lexicon.resolve("model", filters.model) or normalize(filters.model).strip()
-        family = index.lexicon.info("model", wanted).get("family")
-        own = set(feats.get("model", [])) | {feats.get("model_family")}
-        if wanted not in own and wanted != feats.get("model_family") and not (family and family == wanted):
+        if wanted not in feats.get("model", []) and wanted != feats.get("model_family"):
             return False
     if filters.framework:
         wanted = index.lexicon.resolve("framework", filters.framework) or normalize(filters.framework).strip()

@@ -77,3 +77,52 @@ def make_case() -> Callable[..., Case]:
         return Case.model_validate(case_data(case_id, **overrides))
 
     return build
+
+
+# -- the kbq command -----------------------------------------------------------
+
+KBQ_ENV_PASSED_THROUGH_NEVER = ("KBQ_DB", "KBQ_DEBUG", "KBQ_LOCK_TIMEOUT")
+
+
+@pytest.fixture
+def kbq_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty per-user kbq home (KBQ_HOME), with KBQ_DB and KBQ_DEBUG unset."""
+    home = tmp_path / "kbq-home"
+    home.mkdir()
+    monkeypatch.setenv("KBQ_HOME", str(home))
+    for name in KBQ_ENV_PASSED_THROUGH_NEVER:
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+@pytest.fixture
+def run_kbq(kbq_home: Path, tmp_path: Path) -> Callable[..., "subprocess.CompletedProcess[str]"]:
+    """Run the real ``kbq`` (``python -m cli.main``) in a subprocess, in ``tmp_path``.
+
+    ``run_kbq("--json", "gemma3 loss 70", env={"KBQ_LOCK_TIMEOUT": "0.3"})``.
+    Arguments may be str, bytes or paths; if any is bytes the argv is passed
+    as raw bytes (for undecodable argv). stdout/stderr always come back as
+    str, decoded as UTF-8 with surrogateescape.
+    """
+    import subprocess
+    import sys
+
+    def run(*args: str | bytes | os.PathLike[str], env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        full_env = {k: v for k, v in os.environ.items() if k not in KBQ_ENV_PASSED_THROUGH_NEVER}
+        full_env.update({"KBQ_HOME": str(kbq_home), "COLUMNS": "120"})
+        full_env.update(env or {})
+        if any(isinstance(a, bytes) for a in args):
+            argv: list[Any] = [os.fsencode(sys.executable), b"-m", b"cli.main",
+                               *(a if isinstance(a, bytes) else os.fsencode(a) for a in args)]
+        else:
+            argv = [sys.executable, "-m", "cli.main", *(os.fspath(a) for a in args)]
+        proc = subprocess.run(argv, env=full_env, capture_output=True, timeout=timeout, cwd=tmp_path)
+        return subprocess.CompletedProcess(
+            proc.args,
+            proc.returncode,
+            proc.stdout.decode("utf-8", "surrogateescape"),
+            proc.stderr.decode("utf-8", "surrogateescape"),
+        )
+
+    return run

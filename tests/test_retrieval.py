@@ -1,0 +1,123 @@
+"""Retrieval acceptance on the bundled case base, through the real service and SQLite.
+
+Each seed case must rank first for differently worded queries: terse English
+shorthand, a full English sentence and a Chinese sentence. The queries here are
+worded on purpose unlike the case text.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kb.retriever import Filters
+from kb.service import KnowledgeBase
+
+SHARED_EVAL = Path(__file__).resolve().parents[2] / "shared" / "eval" / "dev_queries.jsonl"
+
+SEED_QUERIES = {
+    "mgm-28": [
+        "minigemini qwen2 4b stage1 loss ~1.8 not going down, llava reached 0.8",
+        "I replaced the language model in Mini-Gemini with Qwen2-4B and the first-stage loss sits around 1.9; is that level expected?",
+        "MGM 换成 Qwen2-4B 当基座，预训练阶段损失一直在 1.8 附近下不去，这个数值正常吗",
+    ],
+    "moe-llava-28": [
+        "moe-llava stage1 30M samples loss 1.1 after 7k steps, stop?",
+        "My MoE-LLaVA alignment pretraining already reached a loss of 1.1 early on; how many samples and steps does this stage really need?",
+        "MoE-LLaVA 预训练用了三千万条数据，loss 很快降到 1.1，是否需要把全部数据跑完，step 数怎么算",
+    ],
+    "llamafactory-7416": [
+        "gemma3 loss 70 zero3",
+        "Fine-tuning Gemma 3 with LLaMA-Factory and DeepSpeed stage 3, the loss begins near 70 and barely gets to 10 while Llama 3 is fine.",
+        "用 LLaMA-Factory 微调 gemma3，开了 zero3，loss 从 70 降到 10 就不动了，llama3 同样数据正常",
+    ],
+    "medicalgpt-426": [
+        "pretrain from scratch 1.1b 8 gpus loss stuck 2.8",
+        "We trained a small Qwen2-style model from scratch for ten days and the loss will not drop below 2.8; how do we find out what is wrong?",
+        "预训练 loss 停在 2.8 不降，从头训练的 1.1B 模型，8卡跑了10天",
+    ],
+    "chinese-llama-alpaca-2-521": [
+        "chinese-llama-2 lora pt 1MB corpus forgot english",
+        "After continued pretraining of Chinese LLaMA 2 with LoRA on a tiny text file, the model stopped writing English sentences.",
+        "中文 LLaMA-2 用 LoRA 做增量预训练，只有不到 1MB 的语料，训完以后英文能力没了",
+    ],
+}
+
+UNRELATED = [
+    "Windows 11 上安装 CUDA 驱动失败，nvidia driver installer exits with error 0x80070005",
+    "How do I center a div with CSS grid?",
+    "docker 容器里 nvidia-smi 能看到显卡，但是 torch.cuda.is_available() 一直返回 False",
+]
+
+
+@pytest.fixture(scope="module")
+def kb(tmp_path_factory) -> KnowledgeBase:
+    return KnowledgeBase(home=tmp_path_factory.mktemp("kbq-home"))
+
+
+@pytest.mark.parametrize(
+    "case_id,query", [(case_id, q) for case_id, queries in SEED_QUERIES.items() for q in queries]
+)
+def test_seed_case_ranks_first(kb, case_id, query):
+    outcome = kb.search(query, k=5)
+    assert not outcome.abstained, f"abstained on {query!r}"
+    assert outcome.hits[0].case_id == case_id, [(h.case_id, round(h.score, 3)) for h in outcome.hits]
+
+
+def test_gemma_headline_query_explains_itself(kb):
+    outcome = kb.search("gemma3 loss 70 zero3")
+    top = outcome.hits[0]
+    assert top.case_id == "llamafactory-7416" and top.confident
+    matched = {f.name: (f.case, f.similarity) for f in top.matched_features}
+    assert matched["model"] == ("gemma-3", 1.0)
+    assert matched["zero_stage"] == (3, 1.0)
+    assert matched["loss"][1] == 1.0 and matched["loss"][0] == [70.0]
+    assert top.score == pytest.approx(top.text.contribution + sum(f.contribution for f in top.features), abs=1e-3)
+    assert outcome.fixes and outcome.fixes[0].confirmed and "llamafactory-7416" in outcome.fixes[0].cases
+
+
+@pytest.mark.parametrize("query", UNRELATED)
+def test_unrelated_query_abstains(kb, query):
+    outcome = kb.search(query)
+    assert outcome.abstained
+    assert outcome.fixes == []
+    assert all(not hit.confident for hit in outcome.hits)
+
+
+def test_seed_queries_of_the_shared_eval_set(kb):
+    if not SHARED_EVAL.exists():
+        pytest.skip(f"{SHARED_EVAL} not present")
+    rows = [json.loads(line) for line in SHARED_EVAL.read_text(encoding="utf-8").splitlines() if line.strip()]
+    seeds = [r for r in rows if r.get("kind") == "seed"]
+    assert len(seeds) >= 15
+    sources = {source: hit_id for hit_id, source in _source_map(kb)}
+    for row in seeds:
+        expected = {sources[e] for e in row["expected"] if e in sources}
+        outcome = kb.search(row["query"])
+        assert outcome.hits[0].case_id in expected, row["query"]
+
+
+def _source_map(kb: KnowledgeBase):
+    for case in kb.index().cases:
+        for source in case["sources"]:
+            yield case["id"], source
+
+
+def test_every_seed_file_is_a_case(kb):
+    names = {source for _, source in _source_map(kb)}
+    for seed in ("000_cf8b3ba9eb5a9e54.txt", "001_f7b107db66be2f00.txt", "002_1df62d3820df2b03.txt",
+                 "003_98a592a1533266dd.txt", "004_b68cff1ea9da2e3a.txt"):
+        assert seed in names
+
+
+def test_filters_narrow_the_candidates(kb):
+    outcome = kb.search("loss plateau pretraining", k=10, filters=Filters(model="qwen"))
+    assert outcome.hits and all(h.case["model"]["family"] == "qwen" for h in outcome.hits)
+
+
+def test_model_version_filter_is_narrower_than_family(kb):
+    gemma3 = kb.search("loss", k=10, filters=Filters(model="Gemma 3"))
+    assert [h.case_id for h in gemma3.hits] == ["llamafactory-7416"]
+    assert kb.search("loss", k=10, filters=Filters(model="mistral")).hits == []

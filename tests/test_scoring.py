@@ -1,0 +1,74 @@
+"""Unit tests of local similarities and their weighted, explainable combination."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from kb.lexicon import Lexicon
+from kb.paths import data_file
+from kb.similarity import combine, local_similarity, log_ratio
+
+
+@pytest.fixture(scope="module")
+def lexicon() -> Lexicon:
+    return Lexicon.from_file()
+
+
+@pytest.fixture(scope="module")
+def weights() -> dict:
+    return yaml.safe_load(data_file("weights.yaml").read_text(encoding="utf-8"))
+
+
+def test_log_ratio_is_scale_free():
+    assert log_ratio(70, 70, 2.5) == 1.0
+    assert log_ratio(70, 1.8, 2.5) == 0.0
+    assert log_ratio(2.8, 2.0, 2.5) == pytest.approx(log_ratio(28, 20, 2.5))
+    assert log_ratio(70, 60, 2.5) > log_ratio(70, 35, 2.5) > 0
+    assert log_ratio(0, 0, 2.5) == 1.0  # a loss of 0 is a value, not an error
+
+
+def test_model_family_gets_partial_credit(lexicon, weights):
+    spec = weights["features"]["model"]
+    case = {"model": ["gemma-3"], "model_family": "gemma", "model_also": ["llama-3"]}
+    exact, _, _ = local_similarity("model", spec, ["gemma-3"], case, lexicon)
+    family, _, _ = local_similarity("model", spec, ["gemma-2"], case, lexicon)
+    compared, _, _ = local_similarity("model", spec, ["llama-3"], case, lexicon)
+    other, _, _ = local_similarity("model", spec, ["qwen2"], case, lexicon)
+    assert exact == 1.0 and other == 0.0
+    assert 0 < family < 1 and 0 < compared < 1
+
+
+def test_parent_model_credit(lexicon, weights):
+    spec = weights["features"]["model"]
+    case = {"model": ["chinese-llama-2"], "model_family": "llama"}
+    sim, _, _ = local_similarity("model", spec, ["llama-2"], case, lexicon)
+    assert sim == spec["parent"]
+
+
+def test_table_similarity(lexicon, weights):
+    spec = weights["features"]["finetuning"]
+    sim, _, _ = local_similarity("finetuning", spec, ["qlora"], {"finetuning": ["lora"]}, lexicon)
+    assert sim == spec["table"]["lora|qlora"]
+
+
+def test_loss_near_seventy_not_near_two(lexicon, weights):
+    spec = weights["features"]["loss"]
+    near, _, _ = local_similarity("loss", spec, [70.0], {"loss": [70.0, 10.0]}, lexicon)
+    far, _, _ = local_similarity("loss", spec, [70.0], {"loss": [1.8]}, lexicon)
+    assert near == 1.0 and far == 0.0
+
+
+def test_contributions_add_up(lexicon, weights):
+    query = {"model": ["gemma-3"], "zero_stage": [3], "loss": [70.0], "precision": ["fp16"]}
+    case = {"model": ["gemma-3"], "model_family": "gemma", "zero_stage": [3], "loss": [70.0]}
+    total, parts = combine(query, case, weights, lexicon)
+    assert sum(p.contribution for p in parts) == pytest.approx(weights["mix"]["features"] * total, abs=1e-3)
+    by_name = {p.name: p for p in parts}
+    assert by_name["precision"].similarity == 0  # the case does not state it: no credit
+    assert by_name["model"].contribution > by_name["zero_stage"].contribution  # model weighs more
+    assert 0 < total < 1  # the prior keeps even a perfect match short of 1
+
+
+def test_no_features_no_feature_score(lexicon, weights):
+    assert combine({}, {"model": ["gemma-3"]}, weights, lexicon) == (0.0, [])

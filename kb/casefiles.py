@@ -67,27 +67,53 @@ def read_case(path: Path) -> Case:
     try:
         case = Case.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        message = "missing required field" if error["type"] == "missing" else error["msg"]
-        raise CaseFileError(f"{path}: field '{_field_path(error['loc'])}': {message}{more}") from None
-    if case.id != path.stem:
-        raise CaseFileError(f"{path}: field 'id': '{case.id}' does not match the file name '{path.stem}'")
+        raise CaseFileError(f"{path}: {_first_problem(exc)}") from None
     return case
+
+
+def _first_problem(exc) -> str:
+    """One line for the most useful error: an unknown key first (it is usually a typo of a missing one)."""
+    import difflib
+
+    errors = exc.errors()
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    error = unknown[0] if unknown else errors[0]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    if unknown:
+        known = _known_fields(error["loc"][:-1])
+        guess = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+        hint = f"; did you mean '{guess[0]}'?" if guess else ""
+        return f"field '{_field_path(error['loc'])}': unknown field{hint}{more}"
+    message = "missing required field" if error["type"] == "missing" else error["msg"]
+    return f"field '{_field_path(error['loc'])}': {message}{more}"
+
+
+def _known_fields(location: tuple) -> list[str]:
+    """Field names of the model at ``location`` (the case itself, or a nested part of it)."""
+    model = Case
+    for part in location:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[part].annotation
+        inner = getattr(annotation, "__args__", (annotation,))
+        model = next((a for a in inner if hasattr(a, "model_fields")), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
 
 
 def load_cases(paths: Iterable[Path], *, include_drafts: bool = True) -> list[LoadedCase]:
     """Validate every file; duplicates of an id are an error naming both files."""
-    loaded: list[LoadedCase] = []
+    read = [(read_case(path), path) for path in discover(paths)]
     seen: dict[str, Path] = {}
-    for path in discover(paths):
-        case = read_case(path)
+    for case, path in read:
         if case.id in seen:
             raise CaseFileError(f"{path}: field 'id': duplicate id '{case.id}' (also in {seen[case.id]})")
         seen[case.id] = path
-        if include_drafts or case.status == "reviewed":
-            loaded.append(LoadedCase(case, path))
-    return loaded
+    for case, path in read:
+        if case.id != path.stem:
+            raise CaseFileError(f"{path}: field 'id': '{case.id}' does not match the file name '{path.stem}'")
+    return [LoadedCase(case, path) for case, path in read if include_drafts or case.status == "reviewed"]
 
 
 def _prune_empty(value: Any) -> Any:

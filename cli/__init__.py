@@ -1,0 +1,1 @@
+"""The kbq command-line shell (Typer): see cli.main."""

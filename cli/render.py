@@ -163,8 +163,9 @@ def render_stats(stats) -> None:
     console.print(f"index: {stats.index_cases} reviewed cases, {stats.index_terms} terms, revision {stats.revision}")
     for title, counts in (("model family", stats.by_model_family), ("framework", stats.by_framework),
                           ("phase", stats.by_phase), ("language", stats.by_language)):
-        table = Table(box=box.SIMPLE, title=f"by {title}", title_justify="left", show_header=False)
-        table.add_column(title)
+        console.print(f"\n[bold]by {title}[/]")
+        table = Table(box=None, show_header=False, padding=(0, 2))
+        table.add_column(title, no_wrap=True)
         table.add_column("cases", justify="right")
         for name, count in counts.items():
             table.add_row(escape(str(name)), str(count))

@@ -69,6 +69,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+import_app = typer.Typer(help="Draft cases from write-ups and GitHub issue threads.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
 
 DbOption = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL [env KBQ_DB; default: per-user database]")
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON (schema in README).")
@@ -209,10 +211,11 @@ def ingest_command(
     """Validate case files, then add or update them all in one transaction."""
     with failures():
         kb = _kb(db)
-        report = kb.ingest(list(paths) if paths else None, include_drafts=include_drafts)
+        report, drafts = kb.ingest(list(paths) if paths else None, include_drafts=include_drafts)
+        skipped = f", {len(drafts)} draft(s) skipped (review them, or use --include-drafts)" if drafts else ""
         typer.echo(
             f"ingested into {kb.describe()}: {len(report.added)} added, {len(report.updated)} updated, "
-            f"{len(report.unchanged)} unchanged"
+            f"{len(report.unchanged)} unchanged{skipped}"
         )
 
 
@@ -226,6 +229,90 @@ def export_command(
     with failures():
         written = _kb(db).export(directory, overwrite=overwrite)
         typer.echo(f"wrote {len(written)} case file(s) to {directory}")
+
+
+def _write_drafts(cases, out: Optional[Path], overwrite: bool) -> None:
+    from kb.casefiles import case_yaml, write_cases
+
+    if out is None:
+        sys.stdout.write("---\n".join(case_yaml(case) for case in cases))
+        return
+    written = write_cases(cases, out, overwrite=overwrite)
+    for path in written:
+        typer.echo(f"draft: {path}")
+
+
+OutOption = typer.Option(None, "--out", help="Write one <id>.yaml per draft into this directory instead of printing YAML.")
+OverwriteOption = typer.Option(False, "--overwrite", help="Replace files that already exist in --out.")
+
+
+@import_app.command("article")
+def import_article_command(
+    files: List[Path] = typer.Argument(..., metavar="FILE...", help="Write-ups: plain text or Markdown, Chinese or English."),
+    out: Optional[Path] = OutOption,
+    overwrite: bool = OverwriteOption,
+) -> None:
+    """Draft a case from each troubleshooting article (status: draft, for review)."""
+    from kb.importers import drafts_from_articles
+
+    with failures():
+        _write_drafts(drafts_from_articles(list(files)), out, overwrite)
+
+
+@import_app.command("github")
+def import_github_command(
+    files: List[Path] = typer.Argument(..., metavar="FILE.json...", help="`gh issue view N --json title,body,comments,labels,url,createdAt` output."),
+    out: Optional[Path] = OutOption,
+    overwrite: bool = OverwriteOption,
+) -> None:
+    """Draft a case from each GitHub issue thread (status: draft, for review)."""
+    from kb.importers import drafts_from_github
+
+    with failures():
+        _write_drafts(drafts_from_github(list(files)), out, overwrite)
+
+
+@app.command("review")
+def review_command(
+    paths: Optional[List[Path]] = typer.Argument(None, help="Case files or directories to look for drafts in [default: the bundled cases]."),
+    as_json: bool = JsonOption,
+    db: Optional[str] = DbOption,
+) -> None:
+    """List draft cases (in files and in the database) and what each still needs."""
+    from dataclasses import asdict
+
+    from kb.paths import bundled_cases_dir
+    from kb.review import review_documents, review_files
+
+    with failures():
+        kb = _kb(db)
+        reports = review_files(list(paths) if paths else [bundled_cases_dir()])
+        reports += review_documents(kb.cases(status="draft"), kb.describe())
+        if as_json:
+            _emit_json([asdict(r) for r in reports])
+        else:
+            from cli.render import render_review
+
+            render_review(reports)
+
+
+@app.command("eval")
+def eval_command(
+    queries: Path = typer.Argument(..., metavar="QUERIES.jsonl", help="Lines of {query, expected: [case ids or sources], kind?}."),
+    split: str = typer.Option("all", "--split", help="all, dev (70%) or heldout (30%), split by a hash of the query."),
+    as_json: bool = JsonOption,
+    show_misses: int = typer.Option(20, "--misses", help="How many misses to list."),
+    db: Optional[str] = DbOption,
+) -> None:
+    """Measure retrieval: MRR, recall@1/3/5, abstention accuracy, and the misses."""
+    with failures():
+        report = _kb(db).evaluate(queries, split=split)
+        if as_json:
+            _emit_json(report.to_json())
+        else:
+            from cli.render import render_eval
+
+            render_eval(report, split, show_misses)
 
 
 @db_app.command("upgrade")

@@ -170,3 +170,35 @@ def render_stats(stats) -> None:
         for name, count in counts.items():
             table.add_row(escape(str(name)), str(count))
         console.print(table)
+
+
+def render_eval(report, split: str, show_misses: int) -> None:
+    table = Table(box=box.SIMPLE_HEAD, title=f"kbq eval ({split}: {report.queries} queries)", title_justify="left")
+    for column in ("MRR", "R@1", "R@3", "R@5", "answerable", "false abstain", "none", "abstain acc."):
+        table.add_column(column, justify="right")
+    abstain = "-" if report.abstention_accuracy is None else f"{report.abstention_accuracy:.3f}"
+    table.add_row(f"{report.mrr:.3f}", *(f"{report.recall[k]:.3f}" for k in (1, 3, 5)), str(report.answerable),
+                  str(report.false_abstentions), str(report.none_queries), abstain)
+    console.print(table)
+    if report.unknown_expected:
+        console.print(f"[yellow]{len(report.unknown_expected)} expected reference(s) match no case[/], e.g. {escape(report.unknown_expected[0])}")
+    misses = report.misses
+    if misses and show_misses:
+        console.print(f"[bold]Misses[/] ({len(misses)}; first {min(show_misses, len(misses))}):")
+        for miss in misses[:show_misses]:
+            got = ", ".join(miss.ranked[:3]) or "-"
+            want = ", ".join(miss.expected) or (f"{miss.references[0]} (no such case)" if miss.references else "(abstain)")
+            where = f"rank {miss.rank}" if miss.rank else ("abstained" if miss.abstained else "not in top 10")
+            console.print(Text(f"- {miss.query[:100]}\n    want {want} · {where} · got {got}"))
+
+
+def render_review(reports) -> None:
+    if not reports:
+        console.print("No draft cases to review.")
+        return
+    for report in reports:
+        console.print(Text.assemble((report.id, "bold magenta"), "  ", (report.location, "dim")))
+        console.print(Text(f"  {report.title}"))
+        for finding in report.findings:
+            console.print(Text(f"  - {finding}", style="yellow"))
+    console.print(f"{len(reports)} draft(s). Edit each file, set status: reviewed, then kbq ingest.")

@@ -97,8 +97,8 @@ class Case(_Strict):
     hardware: HardwareInfo = Field(default_factory=HardwareInfo)
     config: dict[str, ConfigValue] = Field(default_factory=dict)
     observations: list[Observation] = Field(default_factory=list)
-    causes: list[str] = Field(min_length=1)
-    fixes: list[Fix] = Field(min_length=1)
+    causes: list[str] = Field(default_factory=list)
+    fixes: list[Fix] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
     related: list[str] = Field(default_factory=list)
     sources: list[str] = Field(min_length=1)
@@ -130,9 +130,14 @@ class Case(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _not_related_to_itself(self) -> "Case":
+    def _consistent(self) -> "Case":
         if self.id in self.related:
             raise ValueError("related must not name the case itself")
+        # A draft may still lack its diagnosis; a reviewed case is an answer and must have one.
+        if self.status == "reviewed":
+            for name in ("causes", "fixes"):
+                if not getattr(self, name):
+                    raise ValueError(f"a reviewed case needs at least one item in '{name}' (or mark it status: draft)")
         return self
 
     def to_document(self) -> dict:

@@ -33,7 +33,11 @@ _NOT_A_LOSS_AFTER = re.compile(
 )
 _NOT_A_LOSS_BEFORE = re.compile(r"(?:@|step|steps|epoch|epochs|第|步|x|×|\*)\s*$")
 _CLAUSE_END = re.compile(r"[,;!?，；。！？\n]|\.(?:\s|$)|\b(?:but|while|whereas|and then)\b|但|而")
+# Prose (articles, issue bodies) spreads one observation over a sentence:
+# '损失值初始高达70，经过训练后仅能降至10左右'. Queries are terser, so they use clauses.
+_SENTENCE_END = re.compile(r"[!?；。！？\n]|\.(?:\s|$)")
 _LOSS_WINDOW = 48
+_SENTENCE_WINDOW = 90
 _SCI_NUMBER = re.compile(r"(?<![a-z0-9.])(\d+(?:\.\d+)?e-?\d+|0\.0\d+)(?![0-9])")
 _MODEL_SIZE = re.compile(r"(?<![a-z0-9.])(?:(\d+)\s*x\s*)?(\d+(?:\.\d+)?)\s*b(?![a-z0-9])")
 _ZERO_STAGE = re.compile(r"zero[\s_\-]*(?:optimization)?[\s_\-\"':=]*stage[\s_\-\"':=]*([0-3])\b")
@@ -58,17 +62,18 @@ def _add(features: dict[str, list], name: str, value) -> None:
         values.append(value)
 
 
-def _clause_after(norm: str, start: int, limit: int) -> str:
+def _clause_after(norm: str, start: int, limit: int, ends: re.Pattern[str] = _CLAUSE_END) -> str:
     window = norm[start : start + limit]
-    cut = _CLAUSE_END.search(window)
+    cut = ends.search(window)
     return window[: cut.start()] if cut else window
 
 
-def extract_losses(norm: str, lexicon: Lexicon) -> list[float]:
-    """Loss values: numbers in the clause right after a loss cue, minus steps, counts and sizes."""
+def extract_losses(norm: str, lexicon: Lexicon, *, prose: bool = False) -> list[float]:
+    """Loss values: numbers in the clause (``prose``: the sentence) after a loss cue, minus steps, counts and sizes."""
     found: list[float] = []
+    ends, window = (_SENTENCE_END, _SENTENCE_WINDOW) if prose else (_CLAUSE_END, _LOSS_WINDOW)
     for cue in lexicon.cue_pattern("loss").finditer(norm):
-        clause = _clause_after(norm, cue.end(), _LOSS_WINDOW)
+        clause = _clause_after(norm, cue.end(), window, ends)
         taken = 0
         for number in _FREE_NUMBER.finditer(clause):
             after = clause[number.end() :]
@@ -135,7 +140,7 @@ def extract_learning_rates(norm: str, lexicon: Lexicon) -> list[float]:
     return sorted(r for r in rates if 0 < r < 1)
 
 
-def extract_features(norm: str, matches: list[Match], lexicon: Lexicon) -> dict[str, list]:
+def extract_features(norm: str, matches: list[Match], lexicon: Lexicon, *, prose: bool = False) -> dict[str, list]:
     features: dict[str, list] = {}
     for group in CONCEPT_FEATURES:
         for concept in iter_groups(matches, group):
@@ -144,7 +149,7 @@ def extract_features(norm: str, matches: list[Match], lexicon: Lexicon) -> dict[
         _add(features, "zero_stage", int(lexicon.info("zero_stage", concept).get("value", concept[-1])))
     for match in _ZERO_STAGE.finditer(norm):
         _add(features, "zero_stage", int(match.group(1)))
-    for value in extract_losses(norm, lexicon):
+    for value in extract_losses(norm, lexicon, prose=prose):
         _add(features, "loss", value)
     for value in extract_steps(norm, lexicon):
         _add(features, "step", value)

@@ -49,8 +49,11 @@ def matching_ids(index: LoadedIndex, filters: Filters) -> set[str]:
     return {case["id"] for i, case in enumerate(index.cases) if _passes(index, i, filters)}
 
 
-def search(index: LoadedIndex, parsed: ParsedQuery, k: int = 5, filters: Filters = Filters()) -> SearchOutcome:
-    weights = index.weights
+def search(
+    index: LoadedIndex, parsed: ParsedQuery, k: int = 5, filters: Filters = Filters(), weights: dict | None = None
+) -> SearchOutcome:
+    """Rank the indexed cases; ``weights`` overrides the index's own (for ablations and tuning)."""
+    weights = weights or index.weights
     text_weight = float(weights["mix"]["text"])
     threshold = float(weights["abstain"]["threshold"])
     min_text = float(weights["abstain"]["min_text"])

@@ -182,12 +182,16 @@ class KnowledgeBase:
             )
 
     def ingest(self, paths: list[Path] | None = None, *, include_drafts: bool = False):
-        """Validate every file first, then upsert all of them in one transaction."""
+        """Validate every file first, then upsert all of them in one transaction.
+
+        Returns the store's report and the ids of the drafts left out."""
         from .casefiles import load_cases
         from .db.migrate import HEAD
 
         bundled = not paths
-        loaded = load_cases(paths or [bundled_cases_dir()], include_drafts=include_drafts)
+        everything = load_cases(paths or [bundled_cases_dir()], include_drafts=True)
+        loaded = [item for item in everything if include_drafts or item.case.status == "reviewed"]
+        drafts = [item.case.id for item in everything if item.case.status == "draft" and not include_drafts]
         state = self._state()
         if state is None or state.schema_version != HEAD:
             if state is not None and state.schema_version is not None and not self.is_default:
@@ -203,7 +207,7 @@ class KnowledgeBase:
         with self._store() as store:
             report = store.upsert([item.case for item in loaded], meta=meta)
         self._index = None
-        return report
+        return report, drafts
 
     def export(self, directory: Path, *, overwrite: bool = False) -> list[Path]:
         from .casefiles import write_cases
@@ -240,6 +244,24 @@ class KnowledgeBase:
             raise QueryError(f"top-k must be between 1 and 100, got {k}")
         index = self.index()
         return search(index, parse(text, index.lexicon, index.stopwords), k=k, filters=filters)
+
+    def ranker(self, k: int = 10, weights: dict | None = None):
+        """A function query -> (ranked case ids, abstained), for evaluation."""
+        from .parser import parse
+
+        index = self.index()
+
+        def rank(query: str) -> tuple[list[str], bool]:
+            outcome = search(index, parse(validate_query(query), index.lexicon, index.stopwords), k=k, weights=weights)
+            return [hit.case_id for hit in outcome.hits], outcome.abstained
+
+        return rank
+
+    def evaluate(self, path: Path, split: str = "all", k: int = 10):
+        from .evaluate import evaluate, load_queries, reference_map, select
+
+        queries = select(load_queries(path), split)
+        return evaluate("kbq", self.ranker(k), queries, reference_map(self.index().cases))
 
     def get(self, case_id: str) -> dict[str, Any]:
         self.ensure_ready()

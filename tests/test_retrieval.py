@@ -114,7 +114,7 @@ def test_every_seed_file_is_a_case(kb):
 
 def test_filters_narrow_the_candidates(kb):
     outcome = kb.search("loss plateau pretraining", k=10, filters=Filters(model="qwen"))
-    assert outcome.hits and all(h.case["model"]["family"] == "qwen" for h in outcome.hits)
+    assert outcome.hits and all(h.case["model"].get("family") == "qwen" for h in outcome.hits)
 
 
 def test_model_version_filter_is_narrower_than_family(kb):

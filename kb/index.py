@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -75,10 +76,32 @@ def case_text(doc: dict[str, Any], fields: dict[str, int]) -> str:
     return "\n".join("\n".join([parts[name]] * int(times)) for name, times in fields.items() if times)
 
 
+ENTITY_GROUPS = ("model", "framework", "accelerator")
+_SIZE_TERM = re.compile(r"^\d+(?:\.\d+)?b$|^\d+x\d+(?:\.\d+)?b$")
+
+
+def is_entity_term(term: str, lexicon: Lexicon) -> bool:
+    """A term that names *what* was trained or *with what* (a model, a framework, a GPU, a size),
+    as opposed to what went wrong. Sharing only such terms is no evidence of the same problem."""
+    group = term.split(":", 1)[0] if ":" in term else None
+    if group is not None:
+        return group in ENTITY_GROUPS or group == "family"
+    if _SIZE_TERM.match(term):
+        return True
+    matches = lexicon.find(term)
+    return any(m.group in ENTITY_GROUPS and m.start == 0 and m.end == len(term) for m in matches)
+
+
 @dataclass
 class TextHit:
     score: float
     terms: list[tuple[str, float]]
+    entity: float = 0.0  # the part of ``score`` owed to entity terms (see is_entity_term)
+
+    @property
+    def problem(self) -> float:
+        """Text similarity from the description of the problem itself."""
+        return self.score - self.entity
 
 
 class LoadedIndex:
@@ -93,6 +116,7 @@ class LoadedIndex:
         self.cases: list[dict[str, Any]] = payload["cases"]
         self.features: list[dict[str, Any]] = payload["features"]
         self.terms: dict[str, list] = payload["terms"]
+        self.entity_terms: frozenset[str] = frozenset(payload.get("entity_terms", []))
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -106,17 +130,21 @@ class LoadedIndex:
     def text_scores(self, tokens: list[str], top_terms: int = 6) -> list[TextHit]:
         """Cosine of the query with every case, and the terms that contributed most."""
         scores = [0.0] * len(self.cases)
+        entity = [0.0] * len(self.cases)
         contributions: list[list[tuple[str, float]]] = [[] for _ in self.cases]
         for term, q_weight in self.query_vector(tokens).items():
             _, docs, doc_weights = self.terms[term]
+            is_entity = term in self.entity_terms
             for doc, d_weight in zip(docs, doc_weights):
                 part = q_weight * d_weight
                 scores[doc] += part
+                if is_entity:
+                    entity[doc] += part
                 contributions[doc].append((term, part))
         hits = []
-        for score, parts in zip(scores, contributions):
+        for score, entity_part, parts in zip(scores, entity, contributions):
             parts.sort(key=lambda p: -p[1])
-            hits.append(TextHit(score, [(t, round(p, 4)) for t, p in parts[:top_terms]]))
+            hits.append(TextHit(score, [(t, round(p, 4)) for t, p in parts[:top_terms]], entity_part))
         return hits
 
 
@@ -152,6 +180,7 @@ def build_index(documents: list[dict[str, Any]], key: dict[str, Any]) -> dict[st
         "cases": reviewed,
         "features": [case_features(d, lexicon) for d in reviewed],
         "terms": terms,
+        "entity_terms": sorted(t for t in terms if is_entity_term(t, lexicon)),
     }
 
 

@@ -80,8 +80,9 @@ def compile_lexicon(raw: dict[str, Any]) -> dict[str, Any]:
             concepts[group][concept_id] = info
             for alias in [concept_id, *(str(a) for a in spec.get("aliases") or [])]:
                 key, is_cjk = _alias_key(alias)
-                if not key:
-                    raise ValueError(f"lexicon group {group!r}, concept {concept_id!r}: alias {alias!r} has no letters or digits")
+                if not key or (not is_cjk and len(key) < 2):
+                    # '</s>' would become the word 's', '-100' the number 100: such aliases match everywhere.
+                    raise ValueError(f"lexicon group {group!r}, concept {concept_id!r}: alias {alias!r} is too short once punctuation is dropped")
                 table = cjk_table if is_cjk else ascii_table
                 targets = table.setdefault(key, [])
                 if [group, concept_id] not in targets:

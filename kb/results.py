@@ -19,6 +19,7 @@ class TextBreakdown:
     weight: float         # the text share of the mix
     contribution: float   # weight * score: its part of the final score
     terms: list[tuple[str, float]] = field(default_factory=list)
+    problem: float = 0.0  # the part of ``score`` not owed to model/framework/GPU names
 
 
 @dataclass
@@ -89,6 +90,7 @@ def _hit_json(hit: Hit) -> dict[str, Any]:
         "breakdown": {
             "text": {
                 "score": round(hit.text.score, 4),
+                "problem_score": hit.text.problem,
                 "weight": hit.text.weight,
                 "contribution": round(hit.text.contribution, 4),
                 "matched_terms": [{"term": t, "contribution": c} for t, c in hit.text.terms],

@@ -56,7 +56,7 @@ def search(
     weights = weights or index.weights
     text_weight = float(weights["mix"]["text"])
     threshold = float(weights["abstain"]["threshold"])
-    min_text = float(weights["abstain"]["min_text"])
+    min_problem_text = float(weights["abstain"]["min_problem_text"])
     text_hits = index.text_scores(parsed.tokens)
     scored: list[Hit] = []
     for i, text_hit in enumerate(text_hits):
@@ -65,8 +65,10 @@ def search(
         feature_total, feature_scores = combine(parsed.features, index.features[i], weights, index.lexicon)
         text_part = text_weight * text_hit.score
         score = text_part + float(weights["mix"]["features"]) * feature_total
-        confident = score >= threshold and text_hit.score >= min_text
-        breakdown = TextBreakdown(round(text_hit.score, 4), text_weight, round(text_part, 4), text_hit.terms)
+        confident = score >= threshold and text_hit.problem >= min_problem_text
+        breakdown = TextBreakdown(
+            round(text_hit.score, 4), text_weight, round(text_part, 4), text_hit.terms, round(text_hit.problem, 4)
+        )
         scored.append(Hit(0, index.cases[i], score, confident, breakdown, feature_scores))
     scored = [hit for hit in scored if hit.score > 0]  # sharing nothing with the query is not a candidate
     scored.sort(key=lambda h: (-h.score, h.case_id))

@@ -118,6 +118,9 @@ def test_filters_narrow_the_candidates(kb):
 
 
 def test_model_version_filter_is_narrower_than_family(kb):
-    gemma3 = kb.search("loss", k=10, filters=Filters(model="Gemma 3"))
-    assert [h.case_id for h in gemma3.hits] == ["llamafactory-7416"]
-    assert kb.search("loss", k=10, filters=Filters(model="mistral")).hits == []
+    gemma3 = kb.search("loss", k=20, filters=Filters(model="Gemma 3"))
+    assert "llamafactory-7416" in [h.case_id for h in gemma3.hits]
+    assert all(h.case["model"].get("version") == "gemma-3" for h in gemma3.hits)
+    family = kb.search("loss", k=20, filters=Filters(model="gemma"))
+    assert len(family.hits) > len(gemma3.hits)  # the family keeps Gemma 2 and Gemma 4 cases too
+    assert kb.search("loss", k=10, filters=Filters(model="no-such-model-xyz")).hits == []

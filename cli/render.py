@@ -94,7 +94,7 @@ def render_outcome(outcome: SearchOutcome) -> None:
         table.add_column("title", ratio=1, overflow="fold")
         table.add_column("score", justify="right", no_wrap=True)
         for hit in weak:
-            table.add_row(str(hit.rank), hit.case_id, hit.case["title"], f"{hit.score:.2f}")
+            table.add_row(str(hit.rank), Text(hit.case_id), Text(hit.case["title"]), f"{hit.score:.2f}")
         console.print(table)
     if outcome.fixes:
         table = Table(title="Recommended fixes", title_justify="left", box=box.SIMPLE, show_header=True, expand=True)
@@ -103,7 +103,7 @@ def render_outcome(outcome: SearchOutcome) -> None:
         table.add_column("From", overflow="fold", max_width=24, style="magenta")
         for i, fix in enumerate(outcome.fixes, start=1):
             mark = Text("✓ confirmed ", style="bold green") if fix.confirmed else Text("")
-            table.add_row(str(i), mark + Text(fix.action), ", ".join(fix.cases))
+            table.add_row(str(i), mark + Text(fix.action), Text(", ".join(fix.cases)))
         console.print(table)
 
 
@@ -113,7 +113,7 @@ def render_case(case: dict[str, Any]) -> None:
     grid.add_column(ratio=1)
     model = case["model"]
     framework = case["framework"]
-    grid.add_row("Status", f"{case.get('status', 'reviewed')} · language {case['language']} · phase {case.get('phase', '-')}")
+    grid.add_row("Status", Text(f"{case.get('status', 'reviewed')} · language {case['language']} · phase {case.get('phase', '-')}"))
     grid.add_row("Model", escape(" · ".join(str(v) for v in [model["name"], model.get("version"), model.get("size")] if v)))
     libs = ", ".join(f"{k} {v}" for k, v in framework.get("libraries", {}).items())
     grid.add_row("Framework", escape(" ".join(v for v in [framework["name"], framework.get("version", "")] if v) + (f" ({libs})" if libs else "")))
@@ -138,8 +138,8 @@ def render_case(case: dict[str, Any]) -> None:
         grid.add_row("Related", Text(", ".join(case["related"])))
     grid.add_row("Sources", Text("\n".join(case["sources"]), style="blue"))
     if case.get("updated_at"):
-        grid.add_row("Updated", f"{case['updated_at']} (created {case.get('created_at')})")
-    console.print(Panel(Group(Text(case["title"], style="bold"), grid), title=case["id"], title_align="left", box=box.ROUNDED))
+        grid.add_row("Updated", Text(f"{case['updated_at']} (created {case.get('created_at')})"))
+    console.print(Panel(Group(Text(case["title"], style="bold"), grid), title=Text(case["id"]), title_align="left", box=box.ROUNDED))
 
 
 def render_case_list(cases: list[dict[str, Any]]) -> None:
@@ -151,7 +151,7 @@ def render_case_list(cases: list[dict[str, Any]]) -> None:
     for case in cases:
         model = case["model"].get("version") or case["model"]["name"]
         status = "" if case.get("status", "reviewed") == "reviewed" else " [draft]"
-        table.add_row(case["id"], case["title"] + status, model, case["framework"]["name"])
+        table.add_row(Text(case["id"]), Text(case["title"] + status), Text(model), Text(case["framework"]["name"]))
     console.print(table)
     console.print(f"{len(cases)} case(s)")
 

@@ -269,13 +269,15 @@ def test_model_filter_keeps_only_that_family(shared_home: Path) -> None:
     data = _filtered(shared_home, "loss stalls pretraining", "--model", "qwen")
     assert data["filters"] == {"model": "qwen"}
     ids = {r["id"] for r in data["results"]}
-    assert ids == {"mgm-28", "medicalgpt-426"}
+    assert {"mgm-28", "medicalgpt-426"} <= ids
     assert all(r["case"]["model"].get("family") == "qwen" for r in data["results"])
 
 
 def test_framework_filter(shared_home: Path) -> None:
     data = _filtered(shared_home, "loss lora", "--framework", "llama-factory")
-    assert [r["id"] for r in data["results"]] == [GEMMA_CASE]
+    assert data["results"] and all(r["case"]["framework"]["name"] == "llama-factory" for r in data["results"])
+    everything = _filtered(shared_home, "loss lora")
+    assert any(r["case"]["framework"]["name"] != "llama-factory" for r in everything["results"])
     assert data["filters"] == {"framework": "llama-factory"}
 
 
@@ -553,8 +555,8 @@ def test_drafts_are_stored_only_on_request_and_never_retrieved(tmp_path: Path, c
     assert f"1 added, 0 updated, {N} unchanged" in report
     drafts = as_json(invoke("list", "--json", "--status", "draft", "--db", str(db)))
     assert [(c["id"], c["status"]) for c in drafts] == [(DRAFT_ID, "draft")]
-    assert len(as_json(invoke("list", "--json", "--db", str(db)))) == 6
-    assert as_json(invoke("stats", "--json", "--db", str(db)))["counts"] == {"draft": 1, "reviewed": 5}
+    assert len(as_json(invoke("list", "--json", "--db", str(db)))) == N + 1
+    assert as_json(invoke("stats", "--json", "--db", str(db)))["counts"] == {"draft": 1, "reviewed": N}
     assert as_json(invoke("stats", "--json", "--db", str(db)))["index_cases"] == N
     assert as_json(invoke("show", DRAFT_ID, "--json", "--db", str(db)))["status"] == "draft"
 
@@ -578,7 +580,7 @@ def test_changed_case_rebuilds_the_index(tmp_path: Path, cases_dir: Path, ingest
     data = load_yaml(cases_dir / "mgm-28.yaml")
     data["title"] = "MGM with Qwen2-4B: stage-1 loss sits at 1.8, retitled for the index test"
     dump_yaml(data, cases_dir / "mgm-28.yaml")
-    assert "0 added, 1 updated, 4 unchanged" in ok(invoke("ingest", str(cases_dir), "--db", str(ingested)))
+    assert f"0 added, 1 updated, {N - 1} unchanged" in ok(invoke("ingest", str(cases_dir), "--db", str(ingested)))
 
     second = as_json(invoke("--json", MGM_QUERY, "--db", str(ingested)))
     assert second["results"][0]["id"] == "mgm-28"
@@ -631,7 +633,7 @@ def test_ingest_query_export_on_each_backend(tmp_path: Path, db_url: str, cases_
     data = as_json(invoke("--json", GEMMA_QUERY, "--db", db_url))
     assert data["results"][0]["id"] == GEMMA_CASE and data["case_count"] == N
     assert ok(invoke("show", GEMMA_CASE, "--db", db_url))
-    assert as_json(invoke("stats", "--json", "--db", db_url))["counts"] == {"reviewed": 5}
+    assert as_json(invoke("stats", "--json", "--db", db_url))["counts"] == {"reviewed": N}
 
     edited = load_yaml(cases_dir / f"{GEMMA_CASE}.yaml")
     edited["title"] = "Gemma-3 ZeRO-3 loss 70: retitled for the backend test"
@@ -707,3 +709,16 @@ def test_db_commands_on_each_backend(db_url: str, kbq_home: Path) -> None:
     assert "schema at revision 0001" in ok(invoke("db", "current", "--db", db_url))
     assert "schema at revision base" in ok(invoke("db", "downgrade", "base", "--db", db_url))
     assert "base (empty)" in ok(invoke("db", "current", "--db", db_url))
+
+
+def test_markup_like_case_text_is_shown_verbatim(tmp_path: Path) -> None:
+    """Case text is data: '[/INST]' or '[bold]' in a title must print as written, not as rich markup."""
+    cases_dir = tmp_path / "cases"
+    cases_dir.mkdir()
+    data = _base_case()
+    data.update(id="zz-markup", title="Llama-2 chat [INST] prompt [/INST] tags and [bold]x[/] in a title")
+    dump_yaml(data, cases_dir / "zz-markup.yaml")
+    db = str(tmp_path / "m.db")
+    ok(invoke("ingest", str(cases_dir), "--db", db))
+    for args in (("list",), ("show", "zz-markup"), ("--json", "[/INST] tags"), ("[/INST] tags in a title",)):
+        assert "[/INST]" in ok(invoke(*args, "--db", db))

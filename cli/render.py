@@ -60,6 +60,8 @@ def _hit_panel(hit: Hit) -> Panel:
     for fix in case["fixes"][:3]:
         mark = Text("✓ ", style="bold green") if fix.get("confirmed") else Text("· ", style="dim")
         grid.add_row("Fix", mark + Text(fix["action"]))
+    if case.get("related"):
+        grid.add_row("Related", Text(", ".join(case["related"]) + "  (same underlying problem)"))
     grid.add_row("Sources", Text("\n".join(case["sources"]), style="blue"))
     title = Text.assemble((f"{hit.rank}. ", "bold"), (hit.case_id, "bold magenta"))
     score = Text(f"score {hit.score:.2f}" + ("" if hit.confident else " (weak)"), style="bold" if hit.confident else "yellow")

@@ -19,12 +19,29 @@ def _jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(a | b) if a and b else 0.0
 
 
-def recommend_fixes(hits: list[Hit], settings: dict[str, Any], stopwords: Stopwords) -> list[RecommendedFix]:
+def _sources(hits: list[Hit], settings: dict[str, Any], cases_by_id: dict[str, dict]) -> list[tuple[dict, float]]:
+    """(case, weight) pairs: the top hits, then the cases they name as ``related`` (same
+    underlying problem), at a discount, so that the fix siblings share is surfaced too."""
+    top = hits[: int(settings["max_cases"])]
+    seen = {hit.case_id for hit in top}
+    pairs = [(hit.case, hit.score) for hit in top]
+    for hit in top:
+        for related_id in hit.case.get("related", []):
+            if related_id in cases_by_id and related_id not in seen:
+                seen.add(related_id)
+                pairs.append((cases_by_id[related_id], hit.score * float(settings["related_weight"])))
+    return pairs
+
+
+def recommend_fixes(
+    hits: list[Hit], settings: dict[str, Any], stopwords: Stopwords, cases_by_id: dict[str, dict] | None = None
+) -> list[RecommendedFix]:
     merged: list[tuple[RecommendedFix, set[str]]] = []
-    for hit in hits[: int(settings["max_cases"])]:
-        for fix in hit.case["fixes"]:
+    for case, score in _sources(hits, settings, cases_by_id or {}):
+        case_id = case["id"]
+        for fix in case["fixes"]:
             words = set(word_tokens(normalize(fix["action"]), stopwords))
-            weight = hit.score * (float(settings["confirmed_bonus"]) if fix.get("confirmed") else 1.0)
+            weight = score * (float(settings["confirmed_bonus"]) if fix.get("confirmed") else 1.0)
             same = next(
                 (
                     entry
@@ -36,13 +53,13 @@ def recommend_fixes(hits: list[Hit], settings: dict[str, Any], stopwords: Stopwo
             )
             if same is None:
                 merged.append(
-                    (RecommendedFix(fix["action"], bool(fix.get("confirmed")), weight, [hit.case_id], fix.get("key")), words)
+                    (RecommendedFix(fix["action"], bool(fix.get("confirmed")), weight, [case_id], fix.get("key")), words)
                 )
                 continue
             entry = same[0]
             entry.support += weight
             entry.confirmed = entry.confirmed or bool(fix.get("confirmed"))
-            if hit.case_id not in entry.cases:
-                entry.cases.append(hit.case_id)
+            if case_id not in entry.cases:
+                entry.cases.append(case_id)
     ranked = sorted((entry for entry, _ in merged), key=lambda f: (-f.support, f.action))
     return ranked[: int(settings["max_fixes"])]

@@ -117,6 +117,7 @@ class LoadedIndex:
         self.features: list[dict[str, Any]] = payload["features"]
         self.terms: dict[str, list] = payload["terms"]
         self.entity_terms: frozenset[str] = frozenset(payload.get("entity_terms", []))
+        self.cases_by_id: dict[str, dict[str, Any]] = {case["id"]: case for case in self.cases}
 
     def __len__(self) -> int:
         return len(self.cases)

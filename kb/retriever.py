@@ -77,7 +77,7 @@ def search(
         hit.rank = rank
     abstained = not top or not top[0].confident
     confident_hits = [h for h in top if h.confident]
-    fixes = recommend_fixes(confident_hits, weights["fixes"], index.stopwords) if not abstained else []
+    fixes = recommend_fixes(confident_hits, weights["fixes"], index.stopwords, index.cases_by_id) if not abstained else []
     return SearchOutcome(
         query=parsed.text,
         features=parsed.feature_summary(),

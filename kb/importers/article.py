@@ -23,9 +23,6 @@ FURNITURE_MARKERS = (
     "登录后查看全文", "热门项目推荐", "相关项目推荐", "项目优选", "最新内容推荐", "推荐阅读", "相关推荐", "相关文章",
     "recommended projects", "related projects", "related articles", "recommended reading", "read more", "sign in to read",
 )
-# Promotion blurbs of aggregator sites start with the product name written twice:
-# "AutoGLM-Phone-9BAutoGLM-Phone-9B是基于...", "Kimi-K2-ThinkingKimi K2 Thinking 是...".
-_BLURB = re.compile(r"^\s*([A-Za-z][\w.\-]{2,60}?)[\s_-]?\1")
 _BYLINE = re.compile(r"^\s*\d{4}-\d{2}-\d{2}[\s\d:]*(作者|author)?[:：]?.*$", re.IGNORECASE)
 _HEADING_MARK = re.compile(r"^\s*(#{1,6}\s+|\*\*)(.+?)(\*\*)?\s*$")
 _BULLET = re.compile(r"^\s*(?:[-*•·]|\d+[.、)]|[（(]\d+[)）])\s*")
@@ -60,14 +57,15 @@ def strip_furniture(text: str) -> str:
 
 
 def _is_blurb(line: str) -> bool:
-    """A product blurb: its first word is the product name, repeated with or without separators."""
+    """A promotion blurb of an aggregator site: it starts with the product name written twice,
+    with or without separators ("AutoGLM-Phone-9BAutoGLM-Phone-9B是…", "Kimi-K2-ThinkingKimi K2 Thinking 是…")."""
     head = line.strip().split(" ")[0]
     folded = re.sub(r"[\s_\-]", "", line.strip()).lower()
     for size in range(3, min(61, len(head) // 2 + 1)):
         name = re.sub(r"[\s_\-]", "", head[:size]).lower()
         if len(name) >= 3 and folded.startswith(name * 2):
             return True
-    return bool(_BLURB.match(line))
+    return False
 
 
 def _section_kind(line: str) -> str | None:

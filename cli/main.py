@@ -315,6 +315,45 @@ def eval_command(
             render_eval(report, split, show_misses)
 
 
+@app.command("serve")
+def serve_command(
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    workers: int = typer.Option(1, "--workers", min=1, max=64, help="Processes; each holds its own copy of the index."),
+    db: Optional[str] = DbOption,
+) -> None:
+    """Serve the HTTP API and chat backend (FastAPI + uvicorn) on the same case base as the CLI."""
+    with failures():
+        kb = _kb(db)
+        kb.index()  # a bad database fails here, in one line, and the index is built once before workers start
+        if db:
+            os.environ["KBQ_DB"] = db  # every worker builds its app from the environment
+        import uvicorn
+
+        typer.echo(f"kbq API on http://{host}:{port} (docs at /docs) over {kb.describe()}, {workers} worker(s)", err=True)
+        uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
+
+
+@app.command("feedback")
+def feedback_command(
+    limit: int = typer.Option(50, "--limit", min=1, max=10000),
+    case_id: Optional[str] = typer.Option(None, "--case"),
+    as_json: bool = JsonOption,
+    db: Optional[str] = DbOption,
+) -> None:
+    """List the feedback users gave on answers (newest first)."""
+    with failures():
+        items = _kb(db).feedback(limit=limit, case_id=case_id)
+        rows = [{"id": f.id, "created_at": f.created_at.isoformat(), "case_id": f.case_id, "helpful": f.helpful,
+                 "query": f.query, "comment": f.comment} for f in items]
+        if as_json:
+            _emit_json(rows)
+        else:
+            from cli.render import render_feedback
+
+            render_feedback(rows)
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: str = typer.Option("head", "--revision"), db: Optional[str] = DbOption) -> None:
     """Create or upgrade the schema."""

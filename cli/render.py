@@ -204,3 +204,14 @@ def render_review(reports) -> None:
         for finding in report.findings:
             console.print(Text(f"  - {finding}", style="yellow"))
     console.print(f"{len(reports)} draft(s). Edit each file, set status: reviewed, then kbq ingest.")
+
+
+def render_feedback(rows: list[dict]) -> None:
+    table = Table(box=box.SIMPLE_HEAD, expand=True)
+    for column in ("when", "case", "helpful", "query / comment"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        note = row["query"] + (f"\n— {row['comment']}" if row.get("comment") else "")
+        table.add_row(Text(row["created_at"][:19]), Text(row["case_id"]), Text("yes" if row["helpful"] else "no"), Text(note))
+    console.print(table)
+    console.print(f"{len(rows)} feedback item(s)")

@@ -45,7 +45,6 @@ def _field_path(location: tuple) -> str:
 
 def read_case(path: Path) -> Case:
     import yaml
-    from pydantic import ValidationError
 
     raw = path.read_bytes()
     try:
@@ -62,13 +61,19 @@ def read_case(path: Path) -> Case:
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise CaseFileError(f"{path}{where}: YAML syntax error: {problem}") from None
+    return validate_document(data, str(path))
+
+
+def validate_document(data: Any, where: str) -> Case:
+    """A case from parsed data (a YAML file, an API request body), or one line naming the bad field."""
+    from pydantic import ValidationError
+
     if not isinstance(data, dict):
-        raise CaseFileError(f"{path}: expected a mapping of case fields, found {type(data).__name__}")
+        raise CaseFileError(f"{where}: expected a mapping of case fields, found {type(data).__name__}")
     try:
-        case = Case.model_validate(data)
+        return Case.model_validate(data)
     except ValidationError as exc:
-        raise CaseFileError(f"{path}: {_first_problem(exc)}") from None
-    return case
+        raise CaseFileError(f"{where}: {_first_problem(exc)}") from None
 
 
 def _first_problem(exc) -> str:

@@ -28,3 +28,7 @@ class DatabaseError(KbqError):
 
 class NotFoundError(KbqError):
     """A case id that is not in the case base."""
+
+
+class ConflictError(KbqError):
+    """A write that would overwrite something the caller said was new."""

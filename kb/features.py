@@ -49,12 +49,15 @@ def case_features(doc: dict[str, Any], lexicon: Lexicon) -> dict[str, Any]:
     hardware: dict[str, Any] = doc.get("hardware", {})
     feats: dict[str, Any] = {}
 
-    version = _concept(lexicon, "model", model.get("version") or model["name"])
+    # A model is a feature only when the case names one we can recognise ("not stated" is not a model).
+    version = _concept(lexicon, "model", model["version"]) if model.get("version") else lexicon.resolve("model", model["name"])
     if version:
         feats["model"] = [version]
     feats["model_also"] = [c for c in (_concept(lexicon, "model", a) for a in model.get("also", [])) if c]
     feats["model_family"] = model.get("family") or lexicon.info("model", version or "").get("family")
-    feats["framework"] = [_concept(lexicon, "framework", framework["name"])]
+    named = lexicon.resolve("framework", framework["name"])
+    if named or normalize(framework["name"]).strip() not in ("not stated", "unknown", ""):
+        feats["framework"] = [named or normalize(framework["name"]).strip()]
     libraries = [_concept(lexicon, "framework", name) for name in framework.get("libraries", {})]
     if "deepspeed" in config or "zero_stage" in config:
         libraries.append("deepspeed")

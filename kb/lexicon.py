@@ -42,6 +42,13 @@ def has_cjk(text: str) -> bool:
     return bool(_HAS_CJK.search(text))
 
 
+def detect_language(text: str) -> str:
+    """'zh' when Chinese characters make up a real share of the letters, else 'en'."""
+    letters = sum(1 for ch in text if ch.isalpha())
+    chinese = len(_HAS_CJK.findall(text))
+    return "zh" if letters and chinese / letters > 0.15 else "en"
+
+
 def _alias_key(alias: str) -> tuple[str, bool]:
     """The lookup key of an alias and whether it is matched as a substring (CJK)."""
     norm = normalize(alias).strip()

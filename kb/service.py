@@ -83,6 +83,9 @@ class KnowledgeBase:
 
             self.url = normalize_url(self.db)
         self._index: LoadedIndex | None = None
+        import threading
+
+        self._rebuild = threading.Lock()
 
     # -- locations ---------------------------------------------------------------
     @property
@@ -219,20 +222,95 @@ class KnowledgeBase:
 
     # -- reading ------------------------------------------------------------------
     def index(self) -> LoadedIndex:
-        """The current index, rebuilt first if the case base or the data files changed."""
+        """The current index, rebuilt first if the case base or the data files changed.
+
+        In a server, one thread rebuilds while the others keep answering from the
+        previous index; the new one is swapped in whole (a reference assignment).
+        """
         state = self.ensure_ready()
         key = index_key(state.revision)
-        if self._index is not None and self._index.key == key:
-            return self._index
-        index = load_index(self.index_path)
-        if index is None or index.key != key:
-            with self._store() as store:
-                documents = [_document_with_times(stored) for stored in store.all()]
-            payload = build_index(documents, key)
-            save_index(payload, self.index_path)
-            index = LoadedIndex(payload)
-        self._index = index
-        return index
+        current = self._index
+        if current is not None and current.key == key:
+            return current
+        if not self._rebuild.acquire(blocking=current is None):
+            return current  # another thread is rebuilding: the old index is still a consistent answer
+        try:
+            if self._index is not None and self._index.key == key:
+                return self._index
+            index = load_index(self.index_path)
+            if index is None or index.key != key:
+                with self._store() as store:
+                    documents = [_document_with_times(stored) for stored in store.all()]
+                payload = build_index(documents, key)
+                save_index(payload, self.index_path)
+                index = LoadedIndex(payload)
+            self._index = index
+            return index
+        finally:
+            self._rebuild.release()
+
+    # -- the retain step and other server-side writes --------------------------------
+    def put_case(self, data: Any, *, case_id: str | None = None, create: bool = False) -> tuple[dict[str, Any], bool]:
+        """Validate one case exactly like ingest and write it in one transaction; the index is
+        rebuilt aside and swapped in before returning. Returns the stored case and whether it is new."""
+        from .casefiles import validate_document
+        from .errors import CaseFileError, ConflictError
+
+        case = validate_document(data, "request body")
+        if case_id is not None and case.id != case_id:
+            raise CaseFileError(f"request body: field 'id': '{case.id}' does not match the case id in the URL '{case_id}'")
+        self.ensure_ready()
+        with self._store() as store:
+            if create and store.get(case.id) is not None:
+                raise ConflictError(f"case '{case.id}' already exists; use PUT /v1/cases/{case.id} to revise it")
+            report = store.upsert([case])
+        self.index()
+        return self.get(case.id), bool(report.added)
+
+    def page(self, *, limit: int, offset: int, filters: Filters = Filters(), status: str | None = None) -> tuple[int, list[dict[str, Any]]]:
+        cases = self.cases(filters, status=status)
+        return len(cases), cases[offset : offset + limit]
+
+    def _interactions(self):
+        from .db.interactions import InteractionStore
+
+        self.ensure_ready()
+        return InteractionStore(self.url)
+
+    def add_feedback(self, query: str, case_id: str, helpful: bool, comment: str | None = None):
+        self.get(case_id)  # NotFoundError for an unknown case
+        with self._interactions() as store:
+            return store.add_feedback(validate_query(query), case_id, helpful, comment)
+
+    def feedback(self, limit: int = 100, case_id: str | None = None):
+        with self._interactions() as store:
+            return store.list_feedback(limit=limit, case_id=case_id)
+
+    def chat(self):
+        """The conversation engine, with sessions kept in this database."""
+        from .chat import ChatEngine, chat_settings
+
+        kb = self
+
+        class Sessions:
+            def load(self, session_id: str):
+                with kb._interactions() as store:
+                    found = store.load_session(session_id)
+                return found.state if found else None
+
+            def save(self, session_id: str, state: dict, language: str) -> None:
+                with kb._interactions() as store:
+                    store.save_session(session_id, state, language, int(chat_settings()["session_ttl_seconds"]))
+
+            def delete(self, session_id: str) -> None:
+                with kb._interactions() as store:
+                    store.delete_session(session_id)
+
+        return ChatEngine(self.index, Sessions())
+
+    def readiness(self) -> dict[str, Any]:
+        index = self.index()
+        return {"cases": len(index), "index_version": f"{index.key['revision']}:{index.key['data']}", "database": self.describe()}
 
     def search(self, query: str, k: int = 5, filters: Filters = Filters()) -> SearchOutcome:
         from .parser import parse

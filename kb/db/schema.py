@@ -3,7 +3,9 @@
 The whole case lives in ``cases.document`` (JSON) so the pydantic model stays
 the single definition of a case; the other columns are copies of the fields
 we filter on. ``sqlalchemy.JSON`` keeps SQLite and PostgreSQL identical.
-Migration ``0001`` must create exactly this (a test compares them).
+``feedback`` and ``chat_sessions`` hold what users do with the case base,
+not the case base itself. The migrations up to head must create exactly
+this (a test compares them).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, MetaData, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Fixed names, so migrations and autogenerate agree on every dialect.
@@ -54,6 +56,38 @@ class MetaRow(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
+class FeedbackRow(Base):
+    """One "was this case helpful for this query" vote.
+
+    ``case_id`` is deliberately no foreign key: feedback outlives the removal
+    of its case, and recording it never touches the case tables.
+    """
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    query: Mapped[str] = mapped_column(Text)
+    case_id: Mapped[str] = mapped_column(String(120), index=True)
+    helpful: Mapped[bool] = mapped_column(Boolean)
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ChatSessionRow(Base):
+    """The state of one chat session; gone for readers once ``expires_at`` passes."""
+
+    __tablename__ = "chat_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON)
+    language: Mapped[str] = mapped_column(String(8), server_default="en")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
 metadata = Base.metadata
 cases_table = CaseRow.__table__
 meta_table = MetaRow.__table__
+feedback_table = FeedbackRow.__table__
+chat_sessions_table = ChatSessionRow.__table__

@@ -3,7 +3,8 @@
 An ingest is one transaction: it either applies every change (and a new
 ``revision``) or none. Writers are serialized: on SQLite by ``BEGIN
 IMMEDIATE`` (see :mod:`kb.db.engine`), on PostgreSQL by locking the
-``revision`` row, so two ingests never interleave.
+``revision`` row, so two ingests never interleave. Connection and transaction
+handling shared with other stores lives in :mod:`kb.db._base`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Select, delete, func, insert, inspect, select, text, update
+from sqlalchemy import Connection, Select, delete, func, insert, inspect, select, update
 
-from kb.db._common import no_schema_message, resolve_lock_timeout
-from kb.db.engine import describe, make_engine, normalize_url, reader, translate_errors
+from kb.db._base import StoreBase, schema_version, utc
+from kb.db._common import no_schema_message
+from kb.db.engine import describe
 from kb.db.fastmeta import DbState
 from kb.db.migrate import HEAD
 from kb.db.schema import CaseRow, MetaRow
@@ -60,23 +62,8 @@ class IngestReport:
         return bool(self.added or self.updated or self.removed or self.meta_updated)
 
 
-class CaseStore:
+class CaseStore(StoreBase):
     """The case base in one database (SQLite file or PostgreSQL URL)."""
-
-    def __init__(self, url: str, *, lock_timeout: float | None = None) -> None:
-        self.url = normalize_url(url)
-        self.lock_timeout = lock_timeout
-        self.engine = make_engine(self.url, lock_timeout=lock_timeout)
-        self._reader = reader(self.engine)
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    def __enter__(self) -> CaseStore:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
 
     # -- writing -----------------------------------------------------------
 
@@ -157,7 +144,7 @@ class CaseStore:
         """Schema version and meta in one read, tolerating an empty database."""
         with self._read() as conn:
             tables = set(inspect(conn).get_table_names())
-            version = _schema_version(conn) if "alembic_version" in tables else None
+            version = schema_version(conn) if "alembic_version" in tables else None
             meta = _meta(conn) if MetaRow.__tablename__ in tables else {}
         return DbState(schema_version=version, revision=meta.get(REVISION_KEY), meta=meta)
 
@@ -169,36 +156,16 @@ class CaseStore:
     # -- transactions ------------------------------------------------------
 
     @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with translate_errors(self.url, lock_timeout=self.lock_timeout), self._reader.begin() as conn:
-            yield conn
-
-    @contextmanager
     def _write(self) -> Iterator[Connection]:
         """A write transaction holding the writer lock, at the expected schema."""
-        with translate_errors(self.url, lock_timeout=self.lock_timeout), self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                # Wait for another writer as long as SQLite would, then fail cleanly.
-                conn.execute(text("SELECT set_config('lock_timeout', :ms, true)"), {"ms": _pg_ms(self.lock_timeout)})
+        with self._begin_write() as conn:
             locked = conn.execute(
                 select(MetaRow.key).where(MetaRow.key == REVISION_KEY).with_for_update()
             ).one_or_none()
-            version = _schema_version(conn)
-            if locked is None or version is None:
+            if locked is None:
                 raise DatabaseError(no_schema_message(describe(self.url)))
-            if version != HEAD:
-                raise DatabaseError(
-                    f"database {describe(self.url)} is at schema {version}, kbq needs {HEAD}: run `kbq db upgrade`"
-                )
+            self._require_head(schema_version(conn))
             yield conn
-
-
-def _pg_ms(lock_timeout: float | None) -> str:
-    return f"{max(1, int(resolve_lock_timeout(lock_timeout) * 1000))}ms"
-
-
-def _schema_version(conn: Connection) -> str | None:
-    return conn.scalar(text("SELECT version_num FROM alembic_version"))
 
 
 def _meta(conn: Connection) -> dict[str, str]:
@@ -223,7 +190,7 @@ def _existing(conn: Connection, ids: list[str]) -> dict[str, tuple[str, datetime
     columns = (CaseRow.id, CaseRow.content_hash, CaseRow.created_at, CaseRow.updated_at)
     for chunk in _chunks(ids):
         for case_id, digest, created, updated in conn.execute(select(*columns).where(CaseRow.id.in_(chunk))):
-            found[case_id] = (digest, _utc(created), _utc(updated))
+            found[case_id] = (digest, utc(created), utc(updated))
     return found
 
 
@@ -234,8 +201,8 @@ def _apply_case(
     now: datetime,
     report: IngestReport,
 ) -> None:
-    given_created = _utc(case.created_at) if case.created_at else None
-    given_updated = _utc(case.updated_at) if case.updated_at else None
+    given_created = utc(case.created_at) if case.created_at else None
+    given_updated = utc(case.updated_at) if case.updated_at else None
     values = _columns(case)
     if old is None:
         values.update(created_at=given_created or now, updated_at=given_updated or now)
@@ -284,14 +251,9 @@ def _stored(row: Any) -> StoredCase:
         id=row.id,
         status=row.status,
         document=row.document,
-        created_at=_utc(row.created_at),
-        updated_at=_utc(row.updated_at),
+        created_at=utc(row.created_at),
+        updated_at=utc(row.updated_at),
     )
-
-
-def _utc(value: datetime) -> datetime:
-    """Aware UTC: SQLite hands back naive datetimes, PostgreSQL its session zone."""
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 def _chunks(items: list[str]) -> Iterator[list[str]]:

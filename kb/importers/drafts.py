@@ -12,20 +12,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..lexicon import CJK_CHARS, Lexicon, Match, normalize
+from ..lexicon import CJK_CHARS, Lexicon, Match, detect_language, normalize
 from ..models import Case
 from ..parser import extract_features
 
 _CJK = re.compile(f"[{CJK_CHARS}]")
 _SLUG = re.compile(r"[^a-z0-9]+")
 _SENTENCE = re.compile(r"(?<=[。！？!?])|(?<=\.)\s+")
-
-
-def detect_language(text: str) -> str:
-    """'zh' when Chinese characters make up a real share of the letters, else 'en'."""
-    letters = sum(1 for ch in text if ch.isalpha())
-    chinese = len(_CJK.findall(text))
-    return "zh" if letters and chinese / letters > 0.15 else "en"
 
 
 def slugify(text: str, fallback: str = "draft") -> str:

@@ -1,0 +1,221 @@
+"""Request and response models of the HTTP API (they make the OpenAPI schema at /docs).
+
+Requests reject unknown fields, except the OpenAI-compatible endpoint, which
+must accept the extra parameters existing chat clients send.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# 8 KiB of text: a pasted issue with its environment block; the CLI allows more for local use.
+MAX_API_QUERY = 8192
+SESSION_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Filters(Strict):
+    model: Optional[str] = Field(None, max_length=100, description="model version (gemma-3) or family (qwen)")
+    framework: Optional[str] = Field(None, max_length=100)
+    tag: Optional[str] = Field(None, max_length=100)
+
+
+class QueryRequest(Strict):
+    query: str = Field(..., min_length=1, max_length=MAX_API_QUERY, description="the symptom, any language")
+    top_k: int = Field(5, ge=1, le=50)
+    filters: Filters = Field(default_factory=Filters)
+
+
+class MatchedTerm(BaseModel):
+    term: str
+    contribution: float
+
+
+class TextScore(BaseModel):
+    score: float
+    problem_score: float
+    weight: float
+    contribution: float
+    matched_terms: list[MatchedTerm]
+
+
+class FeatureScore(BaseModel):
+    name: str
+    query: Any
+    case: Any
+    similarity: float
+    weight: float
+    contribution: float
+
+
+class Breakdown(BaseModel):
+    text: TextScore
+    features: list[FeatureScore]
+
+
+class Result(BaseModel):
+    rank: int
+    id: str
+    title: str
+    score: float
+    confident: bool
+    sources: list[str]
+    breakdown: Breakdown
+    case: dict[str, Any] = Field(description="the full case, as `kbq show --json` prints it")
+
+
+class RecommendedFix(BaseModel):
+    action: str
+    confirmed: bool
+    support: float
+    cases: list[str]
+    key: Optional[str] = None
+
+
+class Parsed(BaseModel):
+    features: dict[str, list[Any]]
+    unknown_terms: list[str]
+
+
+class SearchResponse(BaseModel):
+    """The same document `kbq --json` prints (schema kbq.search/1)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    schema_: str = Field(..., alias="schema")
+    query: str
+    parsed: Parsed
+    filters: dict[str, str]
+    abstained: bool
+    threshold: float
+    case_count: int
+    results: list[Result]
+    recommended_fixes: list[RecommendedFix]
+
+
+class CasePage(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    items: list[dict[str, Any]]
+
+
+class CaseWritten(BaseModel):
+    created: bool
+    case: dict[str, Any]
+
+
+class FeedbackRequest(Strict):
+    query: str = Field(..., min_length=1, max_length=MAX_API_QUERY)
+    case_id: str = Field(..., min_length=1, max_length=120)
+    helpful: bool
+    comment: Optional[str] = Field(None, max_length=4000)
+
+
+class FeedbackOut(BaseModel):
+    id: int
+    query: str
+    case_id: str
+    helpful: bool
+    comment: Optional[str]
+    created_at: str
+
+
+class ChatRequest(Strict):
+    session_id: Optional[str] = Field(None, pattern=SESSION_PATTERN, description="omit to start a conversation")
+    message: str = Field(..., min_length=1, max_length=MAX_API_QUERY)
+
+
+class Question(BaseModel):
+    feature: str
+    text: str
+    options: list[str]
+
+
+class ChatResponse(BaseModel):
+    session_id: str
+    language: str
+    reply: str = Field(description="Markdown, in the language of the message")
+    cases: list[Result]
+    recommended_fixes: list[RecommendedFix]
+    abstained: bool
+    features: dict[str, list[Any]]
+    question: Optional[Question]
+    reset: bool
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+    cases: int
+    index_version: str
+    database: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: Optional[Any] = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's chat-completions request; parameters kbq has no use for are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(..., max_length=100)
+    messages: list[ChatMessage] = Field(..., min_length=1, max_length=200)
+    stream: bool = False
+
+
+class CompletionMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    message: CompletionMessage
+    finish_reason: Literal["stop"]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]

@@ -1,0 +1,269 @@
+"""The chat backend: a conversation that narrows the candidates by asking the right question.
+
+Each turn searches the whole conversation as one report, so details given over
+several messages add up ("my gemma3 loss is weird" ... "zero3"). When the best
+candidates are close, the bot asks about the feature whose answer would tell
+them apart best: the feature with the largest entropy of candidate values,
+weighted by score, which is the information the answer is expected to give.
+Wording, thresholds and phrases live in ``kb/data/chat.yaml``.
+
+Nothing here knows about HTTP; sessions are kept by whatever ``SessionStore``
+the caller passes (the database in the API).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Protocol
+
+from .errors import QueryError
+from .index import LoadedIndex
+from .lexicon import has_cjk, normalize
+from .parser import parse
+from .paths import data_file
+from .querytext import MAX_QUERY_CHARS, validate_query
+from .results import Hit, SearchOutcome
+from .retriever import search
+
+SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+@lru_cache(maxsize=1)
+def chat_settings() -> dict[str, Any]:
+    import yaml
+
+    with open(data_file("chat.yaml"), encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+@dataclass
+class Question:
+    feature: str
+    text: str
+    options: list[str]
+    values: list[Any]
+
+
+@dataclass
+class ChatState:
+    """What a session remembers: the user's messages and the questions already settled."""
+
+    messages: list[str] = field(default_factory=list)
+    asked: list[str] = field(default_factory=list)
+    pending: dict[str, Any] | None = None  # the last question: feature, options, values
+
+    def to_json(self) -> dict[str, Any]:
+        return {"messages": self.messages, "asked": self.asked, "pending": self.pending}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> "ChatState":
+        data = data or {}
+        return cls(list(data.get("messages", [])), list(data.get("asked", [])), data.get("pending"))
+
+
+@dataclass
+class ChatTurn:
+    session_id: str
+    language: str
+    reply: str
+    outcome: SearchOutcome | None
+    question: Question | None
+    reset: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        body = self.outcome.to_json() if self.outcome else {"results": [], "recommended_fixes": [], "abstained": True}
+        return {
+            "session_id": self.session_id,
+            "language": self.language,
+            "reply": self.reply,
+            "cases": body["results"],
+            "recommended_fixes": body["recommended_fixes"],
+            "abstained": body["abstained"],
+            "features": body.get("parsed", {}).get("features", {}),
+            "question": None if self.question is None else {
+                "feature": self.question.feature, "text": self.question.text, "options": self.question.options,
+            },
+            "reset": self.reset,
+        }
+
+
+class SessionStore(Protocol):
+    def load(self, session_id: str) -> dict[str, Any] | None: ...
+    def save(self, session_id: str, state: dict[str, Any], language: str) -> None: ...
+    def delete(self, session_id: str) -> None: ...
+
+
+def _matches_phrase(message: str, phrases: list[str]) -> bool:
+    text = normalize(message).strip(" .!?。！？")
+    return any(text == normalize(p) or (len(text) <= 3 * len(p) and normalize(p) in text) for p in phrases)
+
+
+def _label(feature: str, value: Any) -> str:
+    labels = chat_settings().get("labels", {}).get(feature, {})
+    return str(labels.get(value, value))
+
+
+def _entropy(weights: list[float]) -> float:
+    total = sum(weights)
+    return -sum(w / total * math.log2(w / total) for w in weights if w > 0) if total > 0 else 0.0
+
+
+def candidates(outcome: SearchOutcome) -> list[Hit]:
+    """The cases still in the running: within ``candidate_ratio`` of the best score."""
+    settings = chat_settings()
+    if not outcome.hits:
+        return []
+    best = outcome.hits[0].score
+    return [h for h in outcome.hits if h.score >= settings["candidate_ratio"] * best][: settings["max_candidates"]]
+
+
+def should_ask(outcome: SearchOutcome, pool: list[Hit]) -> bool:
+    if len(pool) < 2:
+        return False
+    top, second = pool[0], pool[1]
+    return (not top.confident) or second.score >= chat_settings()["close_ratio"] * top.score
+
+
+def best_question(index: LoadedIndex, outcome: SearchOutcome, pool: list[Hit], asked: list[str], language: str) -> Question | None:
+    """The unasked feature whose answer splits the candidates best, or None if none splits them."""
+    settings = chat_settings()
+    positions = {case["id"]: i for i, case in enumerate(index.cases)}
+    best: tuple[float, str, dict[Any, float]] | None = None
+    for feature in settings["ask_order"]:
+        if feature in asked or outcome.features.get(feature):
+            continue
+        groups: dict[Any, float] = defaultdict(float)
+        for hit in pool:
+            values = index.features[positions[hit.case_id]].get(feature) or [None]
+            groups[values[0]] += max(hit.score, 1e-6)
+        known = [value for value in groups if value is not None]
+        if len(known) < 2:
+            continue
+        gain = _entropy(list(groups.values()))
+        if best is None or gain > best[0] + 1e-9:
+            best = (gain, feature, groups)
+    if best is None:
+        return None
+    _, feature, groups = best
+    values = sorted((v for v in groups if v is not None), key=lambda v: -groups[v])[: settings["max_options"]]
+    words = settings["text"][language]
+    options = [_label(feature, v) for v in values] + [words["something_else"]]
+    listed = ", ".join(options[:-1]) + f" {words['or']} {options[-1]}" if language == "en" else "、".join(options[:-1]) + f"{words['or']}{options[-1]}"
+    text = settings["questions"][feature][language].format(options=listed)
+    return Question(feature, text, options, values)
+
+
+def _answer_to_option(message: str, pending: dict[str, Any] | None) -> str:
+    """'2' answers the pending question with its second option."""
+    stripped = message.strip()
+    if pending and stripped.isdigit():
+        number = int(stripped)
+        if 1 <= number <= len(pending.get("options", [])):
+            return pending["options"][number - 1]
+    return message
+
+
+def _leader(outcome: SearchOutcome) -> Hit | None:
+    """When there is nothing left to ask, the best candidate is worth showing, hedged, if it
+    scores at least ``best_guess_floor`` of the confidence threshold (noise does not)."""
+    hits = outcome.hits
+    if hits and hits[0].score >= chat_settings()["best_guess_floor"] * outcome.threshold:
+        return hits[0]
+    return None
+
+
+def compose_reply(outcome: SearchOutcome, question: Question | None, language: str) -> str:
+    words = chat_settings()["text"][language]
+    lines: list[str] = []
+    confident = [h for h in outcome.hits if h.confident]
+    leader = None if confident or question is not None else _leader(outcome)
+    if confident or leader:
+        top = confident[0] if confident else leader
+        case = top.case
+        template = words["closest"] if confident else words["best_guess"]
+        lines.append(template.format(title=case["title"], id=case["id"], score=top.score))
+        if case.get("causes"):
+            lines.append(words["cause"].format(cause=case["causes"][0]))
+        fixes = outcome.fixes or [
+            type("Fix", (), {"action": f["action"], "confirmed": f.get("confirmed", False), "cases": [case["id"]]})
+            for f in case["fixes"]
+        ]
+        if fixes:
+            lines.append(words["fixes"])
+            for fix in fixes[:3]:
+                mark = f" {words['confirmed']}" if fix.confirmed else ""
+                lines.append(f"- {fix.action}{mark} [{', '.join(fix.cases)}]")
+        lines.append(words["sources"].format(sources=", ".join(case["sources"])))
+        others = [h.case_id for h in (confident[1:3] if confident else candidates(outcome)[1:3])]
+        if others:
+            lines.append(words["also"].format(ids=", ".join(f"`{i}`" for i in others)))
+    else:
+        lines.append(words["no_case"])
+        if question is None:
+            lines.append(words["need_more"])
+    if question is not None:
+        lines.append(question.text)
+    return "\n\n".join(lines)
+
+
+def respond(index: LoadedIndex, state: ChatState, message: str, language: str) -> tuple[ChatState, SearchOutcome, Question | None]:
+    """One turn, without storage: the new state, the search over the conversation, and a question."""
+    settings = chat_settings()
+    if state.pending and _matches_phrase(message, settings["skip_phrases"]):
+        state.asked.append(state.pending["feature"])
+    else:
+        state.messages.append(_answer_to_option(message, state.pending))
+        if state.pending:
+            state.asked.append(state.pending["feature"])
+    state.messages = state.messages[-settings["max_messages"]:]
+    conversation = "\n".join(state.messages)
+    while len(conversation) > MAX_QUERY_CHARS and len(state.messages) > 1:
+        state.messages = state.messages[1:]
+        conversation = "\n".join(state.messages)
+    outcome = search(index, parse(validate_query(conversation), index.lexicon, index.stopwords), k=5)
+    pool = candidates(outcome)
+    question = best_question(index, outcome, pool, state.asked, language) if should_ask(outcome, pool) else None
+    state.pending = None if question is None else {"feature": question.feature, "options": question.options, "values": question.values}
+    return state, outcome, question
+
+
+class ChatEngine:
+    """Conversations over a knowledge base, with sessions kept in ``sessions``."""
+
+    def __init__(self, index_provider, sessions: SessionStore):
+        self._index = index_provider  # a callable returning the current LoadedIndex
+        self._sessions = sessions
+
+    def handle(self, message: str, session_id: str | None = None) -> ChatTurn:
+        settings = chat_settings()
+        if session_id is not None and not SESSION_ID.match(session_id):
+            raise QueryError("session_id must be 1-64 letters, digits or . _ : -")
+        session_id = session_id or uuid.uuid4().hex
+        text = validate_query(message)
+        language = "zh" if has_cjk(text) else "en"
+        if _matches_phrase(text, settings["reset_phrases"]):
+            self._sessions.delete(session_id)
+            return ChatTurn(session_id, language, settings["text"][language]["reset"], None, None, reset=True)
+        state = ChatState.from_json(self._sessions.load(session_id))
+        state, outcome, question = respond(self._index(), state, text, language)
+        self._sessions.save(session_id, state.to_json(), language)
+        return ChatTurn(session_id, language, compose_reply(outcome, question, language), outcome, question)
+
+    def complete(self, user_messages: list[str]) -> ChatTurn:
+        """A stateless turn over a whole conversation (the OpenAI-compatible endpoint sends it every time)."""
+        if not user_messages:
+            raise QueryError("no user message in the conversation")
+        language = "zh" if has_cjk(user_messages[-1]) else "en"
+        settings = chat_settings()
+        resets = [i for i, m in enumerate(user_messages) if _matches_phrase(m, settings["reset_phrases"])]
+        if resets and resets[-1] == len(user_messages) - 1:
+            return ChatTurn("", language, settings["text"][language]["reset"], None, None, reset=True)
+        messages = user_messages[resets[-1] + 1:] if resets else user_messages
+        state = ChatState(messages=[validate_query(m) for m in messages[:-1]])
+        state, outcome, question = respond(self._index(), state, validate_query(messages[-1]), language)
+        return ChatTurn("", language, compose_reply(outcome, question, language), outcome, question)

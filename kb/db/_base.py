@@ -1,0 +1,83 @@
+"""What every store over a kbq database shares: engine, transactions, schema check.
+
+:class:`kb.db.store.CaseStore` and :class:`kb.db.interactions.InteractionStore`
+open the same database the same way, so both get one-line DatabaseErrors,
+readers that do not wait for a writer, and writers that wait at most
+``lock_timeout`` (``BEGIN IMMEDIATE`` on SQLite, ``lock_timeout`` on PostgreSQL).
+What a writer additionally locks is up to each store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Self
+
+from sqlalchemy import Connection, text
+
+from kb.db._common import no_schema_message, resolve_lock_timeout
+from kb.db.engine import describe, make_engine, normalize_url, reader, translate_errors
+from kb.db.migrate import HEAD
+from kb.errors import DatabaseError
+
+
+class StoreBase:
+    """One database (SQLite file or PostgreSQL URL) and its transactions."""
+
+    def __init__(self, url: str, *, lock_timeout: float | None = None) -> None:
+        self.url = normalize_url(url)
+        self.lock_timeout = lock_timeout
+        self.engine = make_engine(self.url, lock_timeout=lock_timeout)
+        self._reader = reader(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A read transaction: one snapshot, no writer lock taken."""
+        with translate_errors(self.url, lock_timeout=self.lock_timeout), self._reader.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _begin_write(self) -> Iterator[Connection]:
+        """A write transaction that waits for other writers at most ``lock_timeout``.
+
+        On SQLite the ``BEGIN IMMEDIATE`` of the engine already holds the
+        database's write lock; on PostgreSQL only the rows a store locks or
+        writes are contended, so the wait is bounded here instead.
+        """
+        with translate_errors(self.url, lock_timeout=self.lock_timeout), self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Wait for another writer as long as SQLite would, then fail cleanly.
+                conn.execute(text("SELECT set_config('lock_timeout', :ms, true)"), {"ms": _pg_ms(self.lock_timeout)})
+            yield conn
+
+    def _require_head(self, version: str | None) -> None:
+        """Refuse to write to a database whose schema is not the one this code knows."""
+        if version is None:
+            raise DatabaseError(no_schema_message(describe(self.url)))
+        if version != HEAD:
+            raise DatabaseError(
+                f"database {describe(self.url)} is at schema {version}, kbq needs {HEAD}: run `kbq db upgrade`"
+            )
+
+
+def schema_version(conn: Connection) -> str | None:
+    return conn.scalar(text("SELECT version_num FROM alembic_version"))
+
+
+def utc(value: datetime) -> datetime:
+    """Aware UTC: SQLite hands back naive datetimes, PostgreSQL its session zone."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _pg_ms(lock_timeout: float | None) -> str:
+    return f"{max(1, int(resolve_lock_timeout(lock_timeout) * 1000))}ms"

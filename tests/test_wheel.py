@@ -65,6 +65,9 @@ def test_wheel_contents(wheel: Path) -> None:
     for required in (
         "kb/_bundled/migrations/env.py",
         "kb/_bundled/migrations/versions/0001_initial.py",
+        "kb/_bundled/migrations/versions/0002_feedback_and_chat.py",
+        "kb/data/chat.yaml",
+        "api/app.py",
         "kb/data/lexicon.yaml",
         "kb/data/weights.yaml",
         "kb/data/stopwords.yaml",

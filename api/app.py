@@ -15,7 +15,7 @@ import time
 import uuid
 from typing import Any, Iterator, Optional
 
-from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request
+from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -33,6 +33,12 @@ MAX_BODY_BYTES = 1 << 20  # 1 MiB: more than any case or conversation needs
 ERRORS = {400: {"model": schemas.ErrorResponse}, 401: {"model": schemas.ErrorResponse}, 403: {"model": schemas.ErrorResponse},
           404: {"model": schemas.ErrorResponse}, 409: {"model": schemas.ErrorResponse}, 413: {"model": schemas.ErrorResponse},
           422: {"model": schemas.ErrorResponse}, 503: {"model": schemas.ErrorResponse}}
+
+
+# One server-sent event of a streamed completion (before OpenAPI 3.2, an event stream's
+# `schema` describes each event): `data` is a JSON chunk, or `[DONE]` at the end.
+SSE_EVENT = {"type": "object", "required": ["data"],
+             "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"}}}
 
 
 class ApiError(Exception):
@@ -170,11 +176,14 @@ def create_app(kb: KnowledgeBase | None = None) -> FastAPI:
         stored, created = knowledge.put_case(case, create=True)
         return {"created": created, "case": stored}
 
-    @app.put("/v1/cases/{case_id}", response_model=schemas.CaseWritten, responses=ERRORS, tags=["cases"],
+    @app.put("/v1/cases/{case_id}", response_model=schemas.CaseWritten, tags=["cases"],
+             responses={**ERRORS, 201: {"model": schemas.CaseWritten, "description": "the id was new: the case was added"}},
              dependencies=[Depends(require_writer)])
-    def revise_case(case_id: str = CaseId, case: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        """Add or revise a case under its id."""
+    def revise_case(response: Response, case_id: str = CaseId, case: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        """Revise a case under its id (200), or add it if the id is new (201)."""
         stored, created = knowledge.put_case(case, case_id=case_id)
+        if created:
+            response.status_code = 201
         return {"created": created, "case": stored}
 
     # -- feedback ----------------------------------------------------------------------
@@ -198,7 +207,9 @@ def create_app(kb: KnowledgeBase | None = None) -> FastAPI:
     def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": MODEL_NAME, "object": "model", "created": 0, "owned_by": "kbq"}]}
 
-    @app.post("/v1/chat/completions", response_model=schemas.ChatCompletion, responses=ERRORS, tags=["openai"])
+    @app.post("/v1/chat/completions", response_model=schemas.ChatCompletion, tags=["openai"], responses={
+        **ERRORS, 200: {"description": "the completion; with `stream: true`, server-sent chunks ending in `data: [DONE]`",
+                        "content": {"text/event-stream": {"schema": SSE_EVENT}}}})
     def chat_completions(request: schemas.ChatCompletionRequest):
         """OpenAI-compatible chat: the conversation's user messages go to the chat backend."""
         if request.model != MODEL_NAME:

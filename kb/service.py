@@ -221,18 +221,20 @@ class KnowledgeBase:
         return write_cases(cases, directory, overwrite=overwrite)
 
     # -- reading ------------------------------------------------------------------
-    def index(self) -> LoadedIndex:
+    def index(self, *, wait: bool = False) -> LoadedIndex:
         """The current index, rebuilt first if the case base or the data files changed.
 
         In a server, one thread rebuilds while the others keep answering from the
         previous index; the new one is swapped in whole (a reference assignment).
+        ``wait=True`` (after a write) waits for that rebuild instead, so the caller
+        gets an index that includes its write.
         """
         state = self.ensure_ready()
         key = index_key(state.revision)
         current = self._index
         if current is not None and current.key == key:
             return current
-        if not self._rebuild.acquire(blocking=current is None):
+        if not self._rebuild.acquire(blocking=wait or current is None):
             return current  # another thread is rebuilding: the old index is still a consistent answer
         try:
             if self._index is not None and self._index.key == key:
@@ -264,7 +266,7 @@ class KnowledgeBase:
             if create and store.get(case.id) is not None:
                 raise ConflictError(f"case '{case.id}' already exists; use PUT /v1/cases/{case.id} to revise it")
             report = store.upsert([case])
-        self.index()
+        self.index(wait=True)  # another thread may be rebuilding from before this write
         return self.get(case.id), bool(report.added)
 
     def page(self, *, limit: int, offset: int, filters: Filters = Filters(), status: str | None = None) -> tuple[int, list[dict[str, Any]]]:

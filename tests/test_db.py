@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from kb.db import fastmeta, migrate
@@ -24,17 +24,10 @@ from kb.db.schema import metadata
 from kb.db.store import CaseStore
 from kb.errors import DatabaseError
 
+from dbtables import table_names as _tables
+
 REPO = Path(__file__).resolve().parents[1]
 KBQ_TABLES = {"cases", "kbq_meta"}
-
-
-def _tables(url: str) -> set[str]:
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            return set(inspect(conn).get_table_names())
-    finally:
-        engine.dispose()
 
 
 def _pg_schema(url: str) -> str | None:

@@ -8,7 +8,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import text
 
 from kb.db import fastmeta, migrate
 from kb.db import interactions as interactions_mod
@@ -17,17 +17,10 @@ from kb.db.interactions import ChatState, Feedback, InteractionStore
 from kb.db.store import CaseStore
 from kb.errors import DatabaseError
 
+from dbtables import table_names as _tables
+
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
 NEW_TABLES = {"feedback", "chat_sessions"}
-
-
-def _tables(url: str) -> set[str]:
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            return set(inspect(conn).get_table_names())
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from .lexicon import has_cjk, normalize
 from .parser import parse
 from .paths import data_file
 from .querytext import MAX_QUERY_CHARS, validate_query
-from .results import Hit, SearchOutcome
+from .results import Hit, RecommendedFix, SearchOutcome
 from .retriever import search
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -189,8 +189,8 @@ def compose_reply(outcome: SearchOutcome, question: Question | None, language: s
         lines.append(template.format(title=case["title"], id=case["id"], score=top.score))
         if case.get("causes"):
             lines.append(words["cause"].format(cause=case["causes"][0]))
-        fixes = outcome.fixes or [
-            type("Fix", (), {"action": f["action"], "confirmed": f.get("confirmed", False), "cases": [case["id"]]})
+        fixes = outcome.fixes or [  # a weak best guess has no merged fixes: show its own
+            RecommendedFix(f["action"], bool(f.get("confirmed")), top.score, [case["id"]], f.get("key"))
             for f in case["fixes"]
         ]
         if fixes:

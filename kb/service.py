@@ -83,6 +83,8 @@ class KnowledgeBase:
 
             self.url = normalize_url(self.db)
         self._index: LoadedIndex | None = None
+        self._bundled: str | None = None
+        self._interaction_store = None
         import threading
 
         self._rebuild = threading.Lock()
@@ -99,6 +101,13 @@ class KnowledgeBase:
         return mask_password(self.url)
 
     # -- readiness ----------------------------------------------------------------
+    def bundled_fingerprint(self) -> str:
+        """The bundled cases' fingerprint, hashed once per process: they are package files and
+        change only with a reinstall, while a server would otherwise re-read them on every request."""
+        if self._bundled is None:
+            self._bundled = bundled_fingerprint()
+        return self._bundled
+
     def _state(self):
         from .db.fastmeta import read_state
 
@@ -126,7 +135,7 @@ class KnowledgeBase:
 
         state = self._state()
         if self.is_default:
-            fingerprint = bundled_fingerprint()
+            fingerprint = self.bundled_fingerprint()
             if state is None or state.schema_version != HEAD or state.meta.get(BUNDLED_FINGERPRINT_KEY) != fingerprint:
                 with self._init_lock():
                     state = self._state()
@@ -145,7 +154,7 @@ class KnowledgeBase:
         if state.schema_version != HEAD:
             raise DatabaseError(f"{where}: schema is at revision {state.schema_version}, kbq needs {HEAD}; run `kbq db upgrade --db {self.db}`")
         known = state.meta.get(BUNDLED_FINGERPRINT_KEY)
-        if known and known != bundled_fingerprint():
+        if known and known != self.bundled_fingerprint():
             self.notices.append(f"the bundled cases changed since this database was loaded; refresh with `kbq ingest --db {self.db}`")
         return state
 
@@ -204,7 +213,7 @@ class KnowledgeBase:
             self.upgrade()
         meta = {}
         if bundled:
-            fingerprint = bundled_fingerprint()
+            fingerprint = self.bundled_fingerprint()
             ids = sorted(item.case.id for item in loaded)
             meta = {BUNDLED_FINGERPRINT_KEY: fingerprint, BUNDLED_IDS_KEY: json.dumps(ids)}
         with self._store() as store:
@@ -274,19 +283,20 @@ class KnowledgeBase:
         return len(cases), cases[offset : offset + limit]
 
     def _interactions(self):
-        from .db.interactions import InteractionStore
+        """One store (one engine and its connection pool) for feedback and chat sessions."""
+        if self._interaction_store is None:
+            from .db.interactions import InteractionStore
 
-        self.ensure_ready()
-        return InteractionStore(self.url)
+            self.ensure_ready()
+            self._interaction_store = InteractionStore(self.url)
+        return self._interaction_store
 
     def add_feedback(self, query: str, case_id: str, helpful: bool, comment: str | None = None):
         self.get(case_id)  # NotFoundError for an unknown case
-        with self._interactions() as store:
-            return store.add_feedback(validate_query(query), case_id, helpful, comment)
+        return self._interactions().add_feedback(validate_query(query), case_id, helpful, comment)
 
     def feedback(self, limit: int = 100, case_id: str | None = None):
-        with self._interactions() as store:
-            return store.list_feedback(limit=limit, case_id=case_id)
+        return self._interactions().list_feedback(limit=limit, case_id=case_id)
 
     def chat(self):
         """The conversation engine, with sessions kept in this database."""
@@ -296,17 +306,14 @@ class KnowledgeBase:
 
         class Sessions:
             def load(self, session_id: str):
-                with kb._interactions() as store:
-                    found = store.load_session(session_id)
+                found = kb._interactions().load_session(session_id)
                 return found.state if found else None
 
             def save(self, session_id: str, state: dict, language: str) -> None:
-                with kb._interactions() as store:
-                    store.save_session(session_id, state, language, int(chat_settings()["session_ttl_seconds"]))
+                kb._interactions().save_session(session_id, state, language, int(chat_settings()["session_ttl_seconds"]))
 
             def delete(self, session_id: str) -> None:
-                with kb._interactions() as store:
-                    store.delete_session(session_id)
+                kb._interactions().delete_session(session_id)
 
         return ChatEngine(self.index, Sessions())
 

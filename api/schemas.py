@@ -62,8 +62,15 @@ class FeatureScore(BaseModel):
     contribution: float
 
 
+class SemanticScore(BaseModel):
+    cosine: float
+    weight: float
+    contribution: float
+
+
 class Breakdown(BaseModel):
     text: TextScore
+    semantic: Optional[SemanticScore] = Field(None, description="null when the semantic stage is off")
     features: list[FeatureScore]
 
 
@@ -100,6 +107,8 @@ class SearchResponse(BaseModel):
     parsed: Parsed
     filters: dict[str, str]
     abstained: bool
+    abstain_reason: Optional[str] = Field(None, description="why the best result is not confident")
+    confidence: float = Field(description="probability that the top result is the user's problem")
     threshold: float
     case_count: int
     results: list[Result]

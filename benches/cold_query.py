@@ -45,7 +45,7 @@ def build_fts(path: Path, home: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from kb.service import KnowledgeBase
 
-    cases = KnowledgeBase(home=home).index().cases
+    cases = KnowledgeBase(home=home).index().all_documents()
     conn = sqlite3.connect(path)
     conn.execute("CREATE VIRTUAL TABLE cases USING fts5(id, body)")
     for case in cases:

@@ -1,16 +1,17 @@
 """Which Chinese tokenization serves retrieval best? Measured, not assumed.
 
-Rebuilds the index over the bundled cases once per Chinese tokenizer and scores
-the evaluation queries whose expected case is in the case base:
+Rebuilds the index over the bundled cases once per Chinese tokenizer (shipped
+weights, semantic stage on, case vectors from the cache) and scores the real
+reports (``../shared/eval/real_reports.jsonl``) whose expected case is in the case base:
 
 * ``bigram``: character bigrams (kbq's choice), runs cut at stop words;
 * ``uni+bigram``: bigrams plus every single character;
 * ``jieba``: jieba word segmentation (``pip install jieba``; skipped when absent).
 
 Prints MRR and recall@1 over Chinese-containing queries and over all queries,
-plus the cost of importing the tokenizer in a new process.
+plus the cost of importing the tokenizer (and loading its dictionary) in a new process.
 
-    python benches/tokenizer_choice.py [--queries ../shared/eval/dev_queries.jsonl]
+    python benches/tokenizer_choice.py [--queries ../shared/eval/real_reports.jsonl] [--home DIR]
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ sys.path.insert(0, str(ROOT))
 
 from kb import tokenize as tok  # noqa: E402
 from kb.casefiles import load_cases  # noqa: E402
+import tempfile  # noqa: E402
+
 from kb.index import LoadedIndex, build_index, index_key  # noqa: E402
+from kb.service import KnowledgeBase  # noqa: E402
+from kb.semantic import VectorCache  # noqa: E402
 from kb.lexicon import has_cjk  # noqa: E402
 from kb.parser import parse  # noqa: E402
 from kb.paths import bundled_cases_dir  # noqa: E402
@@ -50,15 +55,20 @@ def jieba_words(norm: str, stopwords: tok.Stopwords) -> list[str]:
     return words
 
 
-def evaluate(rows: list[dict], documents: list[dict]) -> tuple[dict[str, float], dict[str, float]]:
-    index = LoadedIndex(json.loads(json.dumps(build_index(documents, index_key("bench")))))
-    by_source = {s: c["id"] for c in index.cases for s in c["sources"]} | {c["id"]: c["id"] for c in index.cases}
+def evaluate(rows: list[dict], documents: list[dict], kb: KnowledgeBase) -> tuple[dict[str, float], dict[str, float]]:
+    directory = Path(tempfile.mkdtemp(prefix="kbq-tok-")) / "index"
+    encoder = kb.encoder()
+    build_index(documents, index_key("bench"), directory, encoder=encoder,
+                vector_cache=VectorCache(kb.cache / "vectors" / encoder.name))
+    index = LoadedIndex(directory)
+    cases = index.all_documents()
+    by_source = {s: c["id"] for c in cases for s in c["sources"]} | {c["id"]: c["id"] for c in cases}
     results: dict[str, list[float]] = {"all": [], "zh": []}
     for row in rows:
         expected = {by_source[e] for e in row["expected"] if e in by_source}
         if not expected:
             continue
-        outcome = search(index, parse(row["query"], index.lexicon, index.stopwords), k=10)
+        outcome = search(index, parse(row["query"], index.lexicon, index.stopwords), k=10, embed=kb.embed)
         ranks = [h.rank for h in outcome.hits if h.case_id in expected]
         rr = 1.0 / ranks[0] if ranks else 0.0
         results["all"].append(rr)
@@ -82,8 +92,10 @@ def import_cost(module: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--queries", type=Path, default=ROOT.parent / "shared" / "eval" / "dev_queries.jsonl")
+    parser.add_argument("--queries", type=Path, default=ROOT.parent / "shared" / "eval" / "real_reports.jsonl")
+    parser.add_argument("--home", type=Path, help="kbq data directory to reuse (model and vector caches)")
     args = parser.parse_args()
+    kb = KnowledgeBase(home=args.home or Path(tempfile.mkdtemp(prefix="kbq-tok-home-")))
     rows = [json.loads(line) for line in args.queries.read_text(encoding="utf-8").splitlines() if line.strip()]
     documents = [loaded.case.to_document() for loaded in load_cases([bundled_cases_dir()])]
 
@@ -99,7 +111,7 @@ def main() -> None:
     print(f"{'tokenizer':<12} {'MRR all':>8} {'R@1 all':>8} {'MRR zh':>8} {'R@1 zh':>8} {'n all':>6} {'n zh':>5}")
     for name, function in variants.items():
         tok.cjk_tokens = function
-        mrr, r1 = evaluate(rows, documents)
+        mrr, r1 = evaluate(rows, documents, kb)
         print(f"{name:<12} {mrr['all']:>8.3f} {r1['all']:>8.3f} {mrr.get('zh', 0):>8.3f} {r1.get('zh', 0):>8.3f} "
               f"{r1['n_all']:>6} {r1['n_zh']:>5}")
     tok.cjk_tokens = BIGRAM

@@ -2,15 +2,18 @@
 
 ``kbq "QUERY"`` runs the ``query`` command: the group below inserts the
 command name when the first positional word is not a command, so options may
-stand before or after the query. Every expected failure prints one line
-``kbq: error: ...`` on stderr and exits non-zero; no traceback reaches the
-user unless ``KBQ_DEBUG=1``.
+stand before or after the query. The query may also be unquoted words (joined
+with spaces), standard input (``kbq -``, or a pipe with no query at all) or a
+file (``--file``), because a pasted issue is the usual way people ask. Every
+expected failure prints one line ``kbq: error: ...`` on stderr and exits
+non-zero; no traceback reaches the user unless ``KBQ_DEBUG=1``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +24,8 @@ import typer
 from typer.core import TyperGroup
 
 from kb import __version__
-from kb.errors import KbqError
+from kb.errors import KbqError, QueryError
+from kb.querytext import MAX_QUERY_CHARS
 
 
 class QueryByDefault(TyperGroup):
@@ -30,7 +34,8 @@ class QueryByDefault(TyperGroup):
     default_command = "query"
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and self._needs_default(ctx, args):
+        if (args and self._needs_default(ctx, args)) or (not args and _stdin_is_piped()):
+            # `cat issue.md | kbq` asks the query on standard input; a bare `kbq` at a terminal shows help.
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 
@@ -56,6 +61,29 @@ class QueryByDefault(TyperGroup):
                 continue
             return token not in self.commands
         return True  # only options, e.g. `kbq --json`: let `query` report the missing text
+
+
+def _stdin_is_piped() -> bool:
+    """Whether standard input carries a query: a pipe, a redirected file or a socket.
+
+    A terminal does not (that is a person who forgot the query), nor does /dev/null
+    (a job started with no input). An in-memory stream, as in tests, counts when it
+    is not a terminal.
+    """
+    stream = sys.stdin
+    if stream is None:
+        return False
+    try:
+        fd = stream.fileno()
+    except (AttributeError, ValueError, OSError):
+        return not stream.isatty()
+    if os.isatty(fd):
+        return False
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode)
 
 
 app = typer.Typer(
@@ -125,9 +153,70 @@ def _emit_json(data) -> None:
     sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
+# No text within the character limit is longer than this in UTF-8, so reading stops here.
+MAX_QUERY_BYTES = 4 * MAX_QUERY_CHARS
+
+
+def _decode_query(data: bytes, source: str) -> str:
+    """UTF-8 text of query bytes read from a file or a pipe (a byte-order mark is dropped)."""
+    if len(data) > MAX_QUERY_BYTES:
+        raise QueryError(
+            f"query too long: {source} holds more than {MAX_QUERY_BYTES} bytes (limit {MAX_QUERY_CHARS} characters); "
+            "paste the symptom and key settings, not a whole log"
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise QueryError(f"{source} is not UTF-8 text (undecodable byte 0x{data[err.start]:02x} at byte {err.start})") from None
+
+
+def _read_stdin() -> str:
+    stream = sys.stdin
+    if stream is None:
+        raise QueryError("no standard input to read the query from")
+    buffer = getattr(stream, "buffer", None)
+    data = buffer.read(MAX_QUERY_BYTES + 1) if buffer is not None else stream.read(MAX_QUERY_BYTES + 1).encode("utf-8", "surrogateescape")
+    return _decode_query(data, "standard input")
+
+
+def _read_query_file(path: Path) -> str:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_QUERY_BYTES + 1)
+    except FileNotFoundError:
+        raise QueryError(f"query file '{path}' does not exist") from None
+    except IsADirectoryError:
+        raise QueryError(f"query file '{path}' is a directory, not a file") from None
+    except OSError as err:
+        raise QueryError(f"cannot read query file '{path}': {err.strerror or err}") from None
+    return _decode_query(data, f"query file '{path}'")
+
+
+def query_text(words: list[str], file: Optional[Path]) -> str:
+    """The query from wherever it was given: words (joined), '-' or a pipe (stdin), or --file."""
+    if file is not None:
+        if words:
+            raise QueryError("give the query either as words or with --file, not both")
+        return _read_query_file(file)
+    if words == ["-"]:
+        return _read_stdin()
+    if not words:
+        if _stdin_is_piped():
+            return _read_stdin()
+        raise QueryError('no query: give it as words (kbq "gemma3 loss 70 zero3"), on standard input (kbq - < report.md) or with --file PATH')
+    return " ".join(words)
+
+
 @app.command("query")
 def query_command(
-    text: str = typer.Argument(..., metavar="QUERY", help="The symptom, in English or Chinese, terse or a pasted report."),
+    words: Optional[List[str]] = typer.Argument(
+        None,
+        metavar="QUERY...",
+        help="The symptom, in English or Chinese, terse or a pasted report. Unquoted words are joined; "
+        "'-' reads standard input, as does a pipe when no query is given. Put '--' before a query that starts with '-'.",
+        show_default=False,
+    ),
+    file: Optional[Path] = typer.Option(None, "--file", metavar="PATH", help="Read the query from a UTF-8 text file."),
     top: int = typer.Option(5, "-k", "--top", min=1, max=100, help="How many cases to show."),
     as_json: bool = JsonOption,
     model: Optional[str] = typer.Option(None, "--model", help="Only cases of this model or family (e.g. gemma-3, qwen)."),
@@ -139,6 +228,7 @@ def query_command(
     from kb.retriever import Filters
 
     with failures():
+        text = query_text(list(words or []), file)
         kb = _kb(db)
         outcome = kb.search(text, k=top, filters=Filters(model=model, framework=framework, tag=tag))
         _print_notices(kb)

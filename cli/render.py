@@ -55,6 +55,8 @@ def _hit_panel(hit: Hit) -> Panel:
     grid.add_row("Matched", _matched(hit))
     terms = ", ".join(t.split(":", 1)[-1] for t, _ in hit.text.terms[:5]) or "-"
     grid.add_row("Text", Text(f"{hit.text.score:.2f} (+{hit.text.contribution:.2f}): {terms}"))
+    if hit.semantic is not None:
+        grid.add_row("Meaning", Text(f"{hit.semantic:.2f} (+{hit.semantic * hit.semantic_weight:.2f}) sentence-embedding similarity"))
     for cause in case["causes"][:2]:
         grid.add_row("Cause", Text(cause))
     for fix in case["fixes"][:3]:
@@ -81,15 +83,19 @@ def render_outcome(outcome: SearchOutcome) -> None:
         return
     if outcome.abstained:
         console.print(
-            f"[bold yellow]No close case[/] among {outcome.case_count} cases (confidence threshold {outcome.threshold:g}). "
+            f"[bold yellow]No close case[/] among {outcome.case_count} cases: {escape(outcome.abstain_reason or 'nothing fits well')}. "
             "The best weak candidates, for what they are worth:"
         )
     strong = [hit for hit in outcome.hits if hit.confident]
     weak = [hit for hit in outcome.hits if not hit.confident]
+    if not outcome.abstained and not strong:
+        # Plausible but not certain: show the best one in full, and say why it is not confident.
+        console.print(f"[bold yellow]Possible match[/], not confident: {escape(outcome.abstain_reason or '')}")
+        strong, weak = weak[:1], weak[1:]
     for hit in strong:
         console.print(_hit_panel(hit))
     if weak:
-        table = Table(title=None if outcome.abstained else "Weaker candidates (below the confidence threshold)",
+        table = Table(title=None if outcome.abstained else "Other candidates (not confident)",
                       title_justify="left", box=box.SIMPLE, show_header=True, expand=True)
         table.add_column("#", justify="right", no_wrap=True)
         table.add_column("case", style="magenta", no_wrap=True)

@@ -132,14 +132,14 @@ def should_ask(outcome: SearchOutcome, pool: list[Hit]) -> bool:
 def best_question(index: LoadedIndex, outcome: SearchOutcome, pool: list[Hit], asked: list[str], language: str) -> Question | None:
     """The unasked feature whose answer splits the candidates best, or None if none splits them."""
     settings = chat_settings()
-    positions = {case["id"]: i for i, case in enumerate(index.cases)}
     best: tuple[float, str, dict[Any, float]] | None = None
     for feature in settings["ask_order"]:
         if feature in asked or outcome.features.get(feature):
             continue
         groups: dict[Any, float] = defaultdict(float)
         for hit in pool:
-            values = index.features[positions[hit.case_id]].get(feature) or [None]
+            row = index.row(hit.case_id)
+            values = (index.features(row).get(feature) if row is not None else None) or [None]
             groups[values[0]] += max(hit.score, 1e-6)
         known = [value for value in groups if value is not None]
         if len(known) < 2:
@@ -211,7 +211,9 @@ def compose_reply(outcome: SearchOutcome, question: Question | None, language: s
     return "\n\n".join(lines)
 
 
-def respond(index: LoadedIndex, state: ChatState, message: str, language: str) -> tuple[ChatState, SearchOutcome, Question | None]:
+def respond(
+    index: LoadedIndex, state: ChatState, message: str, language: str, embed=None
+) -> tuple[ChatState, SearchOutcome, Question | None]:
     """One turn, without storage: the new state, the search over the conversation, and a question."""
     settings = chat_settings()
     if state.pending and _matches_phrase(message, settings["skip_phrases"]):
@@ -225,7 +227,7 @@ def respond(index: LoadedIndex, state: ChatState, message: str, language: str) -
     while len(conversation) > MAX_QUERY_CHARS and len(state.messages) > 1:
         state.messages = state.messages[1:]
         conversation = "\n".join(state.messages)
-    outcome = search(index, parse(validate_query(conversation), index.lexicon, index.stopwords), k=5)
+    outcome = search(index, parse(validate_query(conversation), index.lexicon, index.stopwords), k=5, embed=embed)
     pool = candidates(outcome)
     question = best_question(index, outcome, pool, state.asked, language) if should_ask(outcome, pool) else None
     state.pending = None if question is None else {"feature": question.feature, "options": question.options, "values": question.values}
@@ -235,9 +237,10 @@ def respond(index: LoadedIndex, state: ChatState, message: str, language: str) -
 class ChatEngine:
     """Conversations over a knowledge base, with sessions kept in ``sessions``."""
 
-    def __init__(self, index_provider, sessions: SessionStore):
+    def __init__(self, index_provider, sessions: SessionStore, embedder=None):
         self._index = index_provider  # a callable returning the current LoadedIndex
         self._sessions = sessions
+        self._embedder = embedder or (lambda index: None)  # index -> the query embedding function, or None
 
     def handle(self, message: str, session_id: str | None = None) -> ChatTurn:
         settings = chat_settings()
@@ -250,7 +253,8 @@ class ChatEngine:
             self._sessions.delete(session_id)
             return ChatTurn(session_id, language, settings["text"][language]["reset"], None, None, reset=True)
         state = ChatState.from_json(self._sessions.load(session_id))
-        state, outcome, question = respond(self._index(), state, text, language)
+        index = self._index()
+        state, outcome, question = respond(index, state, text, language, self._embedder(index))
         self._sessions.save(session_id, state.to_json(), language)
         return ChatTurn(session_id, language, compose_reply(outcome, question, language), outcome, question)
 
@@ -265,5 +269,6 @@ class ChatEngine:
             return ChatTurn("", language, settings["text"][language]["reset"], None, None, reset=True)
         messages = user_messages[resets[-1] + 1:] if resets else user_messages
         state = ChatState(messages=[validate_query(m) for m in messages[:-1]])
-        state, outcome, question = respond(self._index(), state, validate_query(messages[-1]), language)
+        index = self._index()
+        state, outcome, question = respond(index, state, validate_query(messages[-1]), language, self._embedder(index))
         return ChatTurn("", language, compose_reply(outcome, question, language), outcome, question)

@@ -104,7 +104,11 @@ def case_features(doc: dict[str, Any], lexicon: Lexicon) -> dict[str, Any]:
                 break
 
     prose = normalize(f"{doc['title']}\n{doc['symptom']}")
-    from_prose = extract_features(prose, lexicon.find(prose), lexicon)
+    prose_matches = lexicon.find(prose)
+    from_prose = extract_features(prose, prose_matches, lexicon)
+    phrasing = doc.get("user_phrasing") or {}
+    told = normalize("\n".join([prose, " ".join(doc.get("tags", [])), phrasing.get("en", ""), phrasing.get("zh", ""), *phrasing.get("queries", [])]))
+    feats["symptom"] = sorted({m.concept for m in lexicon.find(told) if m.group == "symptom"})
     for name, values in from_prose.items():
         if name == "model":
             continue  # the model field is authoritative; prose often names comparison models

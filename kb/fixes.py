@@ -8,7 +8,7 @@ that several close cases agree on outranks a lone suggestion.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from .results import Hit, RecommendedFix
 from .tokenize import Stopwords, word_tokens
@@ -19,7 +19,10 @@ def _jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(a | b) if a and b else 0.0
 
 
-def _sources(hits: list[Hit], settings: dict[str, Any], cases_by_id: dict[str, dict]) -> list[tuple[dict, float]]:
+CaseLookup = Callable[[str], "dict[str, Any] | None"]
+
+
+def _sources(hits: list[Hit], settings: dict[str, Any], lookup: CaseLookup) -> list[tuple[dict, float]]:
     """(case, weight) pairs: the top hits, then the cases they name as ``related`` (same
     underlying problem), at a discount, so that the fix siblings share is surfaced too."""
     top = hits[: int(settings["max_cases"])]
@@ -27,17 +30,20 @@ def _sources(hits: list[Hit], settings: dict[str, Any], cases_by_id: dict[str, d
     pairs = [(hit.case, hit.score) for hit in top]
     for hit in top:
         for related_id in hit.case.get("related", []):
-            if related_id in cases_by_id and related_id not in seen:
+            if related_id in seen:
+                continue
+            related = lookup(related_id)
+            if related is not None:
                 seen.add(related_id)
-                pairs.append((cases_by_id[related_id], hit.score * float(settings["related_weight"])))
+                pairs.append((related, hit.score * float(settings["related_weight"])))
     return pairs
 
 
 def recommend_fixes(
-    hits: list[Hit], settings: dict[str, Any], stopwords: Stopwords, cases_by_id: dict[str, dict] | None = None
+    hits: list[Hit], settings: dict[str, Any], stopwords: Stopwords, lookup: CaseLookup | None = None
 ) -> list[RecommendedFix]:
     merged: list[tuple[RecommendedFix, set[str]]] = []
-    for case, score in _sources(hits, settings, cases_by_id or {}):
+    for case, score in _sources(hits, settings, lookup or (lambda _id: None)):
         case_id = case["id"]
         for fix in case["fixes"]:
             words = set(word_tokens(normalize(fix["action"]), stopwords))

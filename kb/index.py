@@ -1,40 +1,50 @@
-"""The persisted retrieval index: fitted once with scikit-learn, read with plain Python.
+"""The persisted retrieval index: a directory of memory-mapped arrays.
 
-Building imports scikit-learn (~0.7 s); answering must not. So the fitted
-TF-IDF model is stored as an inverted index (term -> idf and the documents'
-normalized weights) in one JSON file, together with everything else a query
-needs: the compiled lexicon, the stop words, the weights, each case's document
-and features. A query then costs one ``json.load`` and a few dictionary look-ups.
+Layout (one directory per index key, written aside and renamed into place, so
+readers see a whole old index or a whole new one):
 
-``query_vector`` reproduces ``TfidfVectorizer(sublinear_tf=True, norm="l2")
-.transform`` exactly; a test checks that against scikit-learn itself.
+* ``meta.json``: the key, the compiled lexicon, stop words, weights, counts;
+* ``ids.json``: case ids by row;
+* ``lex_<field>_*.npy``: BM25 postings of each case field (:mod:`kb.lexical`);
+* ``facet_*.npy``: postings of exact facets (model, family, framework,
+  library, tag) used by filters, so a filter never scans every case;
+* ``vectors.npy``: one sentence embedding per case (:mod:`kb.semantic`);
+* ``docs.jsonl`` / ``features.jsonl`` with ``*_offsets.npy``: each case's
+  document and structured features, one JSON line per row. A query reads the
+  lines of the few cases it shows or re-ranks, never the whole file.
 
-The file carries a *key* (database revision, lexicon/weights/stop-word hashes,
-format version); the service rebuilds when any part of the key changes.
+Loading maps the arrays and reads ``meta.json`` and ``ids.json``: milliseconds
+at 100k cases. Nothing here imports scikit-learn, SQLAlchemy or YAML on the
+query path.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
+import mmap
 import os
 import re
+import shutil
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
+
+import numpy as np
 
 from .features import case_features
-from .lexicon import LEXICON_FILE, Lexicon, compile_lexicon, load_lexicon_source
+from .lexical import ENTITY_GROUPS, FieldSpec, LexicalIndex, build_postings, concept_group
+from .lexicon import LEXICON_FILE, Lexicon, compile_lexicon, load_lexicon_source, normalize
 from .paths import data_file
 from .tokenize import Stopwords, tokenize
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 WEIGHTS_FILE = "weights.yaml"
 STOPWORDS_FILE = "stopwords.yaml"
 DATA_FILES = (LEXICON_FILE, WEIGHTS_FILE, STOPWORDS_FILE)
+_SIZE_TERM = re.compile(r"^\d+(?:\.\d+)?b$|^\d+x\d+(?:\.\d+)?b$")
 
 
 def data_fingerprint() -> str:
@@ -50,165 +60,343 @@ def index_key(revision: str | None) -> dict[str, Any]:
     return {"format": INDEX_FORMAT, "revision": revision, "data": data_fingerprint()}
 
 
-def _load_yaml(name: str) -> Any:
+def key_name(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_yaml_data(name: str) -> Any:
     import yaml
 
     with open(data_file(name), encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+        return yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
-def case_text(doc: dict[str, Any], fields: dict[str, int]) -> str:
-    """The text of a case that TF-IDF sees, each field repeated by its weight."""
+# -- what the index sees of a case ------------------------------------------------------
+
+
+def case_fields(doc: dict[str, Any]) -> dict[str, str]:
+    """The case's text, by field. Field weights (weights.yaml ``lexical.fields``) say how much
+    each counts; the problem description (title, symptom, user phrasing) counts most."""
     model, framework = doc["model"], doc["framework"]
-    parts = {
+    phrasing = doc.get("user_phrasing") or {}
+    return {
         "title": doc["title"],
         "symptom": doc["symptom"],
-        "model": " ".join([model["name"], model.get("version", ""), model.get("size", ""), *model.get("also", [])]),
-        "framework": " ".join([framework["name"], framework.get("version", ""), *framework.get("libraries", {})]),
-        "config": " ".join(f"{k} {v}" for k, v in doc.get("config", {}).items()),
+        "phrasing": "\n".join(phrasing.get(lang, "") for lang in ("en", "zh")),
+        "queries": "\n".join(phrasing.get("queries", [])),
+        "tags": " ".join(doc.get("tags", [])),
+        "setup": " ".join(
+            [
+                model["name"], model.get("version", ""), model.get("size", ""), *model.get("also", []),
+                framework["name"], framework.get("version", ""), *framework.get("libraries", {}),
+                *(f"{k} {v}" for k, v in doc.get("config", {}).items()),
+                str((doc.get("hardware") or {}).get("accelerator") or ""),
+            ]
+        ),
         "causes": "\n".join(doc["causes"]),
         "fixes": "\n".join(f["action"] for f in doc["fixes"]),
-        "tags": " ".join(doc.get("tags", [])),
-        "observations": "\n".join(
-            f"{o['metric']} {o['value']:g} {o.get('note', '')}" for o in doc.get("observations", [])
-        ),
     }
-    return "\n".join("\n".join([parts[name]] * int(times)) for name, times in fields.items() if times)
 
 
-ENTITY_GROUPS = ("model", "framework", "accelerator")
-_SIZE_TERM = re.compile(r"^\d+(?:\.\d+)?b$|^\d+x\d+(?:\.\d+)?b$")
+def semantic_texts(doc: dict[str, Any]) -> list[str]:
+    """The texts whose embeddings are averaged into the case vector: the problem as the case
+    states it and as a user would put it, in both languages."""
+    phrasing = doc.get("user_phrasing") or {}
+    texts = [doc["title"], doc["symptom"], phrasing.get("en", ""), phrasing.get("zh", ""), "\n".join(phrasing.get("queries", []))]
+    return [t for t in texts if t.strip()]
 
 
-def is_entity_term(term: str, lexicon: Lexicon) -> bool:
+def facet_terms(doc: dict[str, Any], features: dict[str, Any]) -> set[str]:
+    terms = {f"model:{m}" for m in features.get("model", [])}
+    if features.get("model_family"):
+        terms.add(f"family:{normalize(str(features['model_family'])).strip()}")
+    terms.update(f"framework:{f}" for f in features.get("framework", []))
+    terms.update(f"framework:{f}" for f in features.get("framework_libraries", []))
+    terms.update(f"tag:{normalize(t).strip()}" for t in doc.get("tags", []))
+    terms.add(f"status:{doc.get('status', 'reviewed')}")
+    return terms
+
+
+def entity_words(lexicon: Lexicon) -> frozenset[str]:
+    """Words that occur in names of models, frameworks or GPUs ('factory' of 'llama factory')
+    and in no alias of a problem or a technical term ('attention' stays a problem word)."""
+    named: set[str] = set()
+    other: set[str] = set()
+    for key, targets in lexicon.compiled["ascii"].items():
+        words = key.split(" ")
+        for group, _ in targets:
+            (named if group in ENTITY_GROUPS else other).update(words)
+    return frozenset(w for w in named - other if not w.isdigit())
+
+
+def is_entity_term(term: str, lexicon: Lexicon, words: frozenset[str] = frozenset()) -> bool:
     """A term that names *what* was trained or *with what* (a model, a framework, a GPU, a size),
     as opposed to what went wrong. Sharing only such terms is no evidence of the same problem."""
-    group = term.split(":", 1)[0] if ":" in term else None
+    group = concept_group(term)
     if group is not None:
-        return group in ENTITY_GROUPS or group == "family"
-    if _SIZE_TERM.match(term):
+        return group in ENTITY_GROUPS
+    if _SIZE_TERM.match(term) or term in words:
         return True
     matches = lexicon.find(term)
     return any(m.group in ENTITY_GROUPS and m.start == 0 and m.end == len(term) for m in matches)
 
 
+# -- building ---------------------------------------------------------------------------
+
+
 @dataclass
-class TextHit:
-    score: float
-    terms: list[tuple[str, float]]
-    entity: float = 0.0  # the part of ``score`` owed to entity terms (see is_entity_term)
-
-    @property
-    def problem(self) -> float:
-        """Text similarity from the description of the problem itself."""
-        return self.score - self.entity
+class BuildReport:
+    cases: int
+    terms: int  # distinct terms over all fields
+    embedded: int  # case texts embedded in this build (the rest came from the vector cache)
 
 
-class LoadedIndex:
-    """A read-only index in memory; see the module docstring."""
-
-    def __init__(self, payload: dict[str, Any]):
-        self.payload = payload
-        self.key: dict[str, Any] = payload["key"]
-        self.lexicon = Lexicon(payload["lexicon"])
-        self.stopwords = Stopwords.from_lists(payload["stopwords"]["en"], payload["stopwords"]["zh"])
-        self.weights: dict[str, Any] = payload["weights"]
-        self.cases: list[dict[str, Any]] = payload["cases"]
-        self.features: list[dict[str, Any]] = payload["features"]
-        self.terms: dict[str, list] = payload["terms"]
-        self.entity_terms: frozenset[str] = frozenset(payload.get("entity_terms", []))
-        self.cases_by_id: dict[str, dict[str, Any]] = {case["id"]: case for case in self.cases}
-
-    def __len__(self) -> int:
-        return len(self.cases)
-
-    def query_vector(self, tokens: list[str]) -> dict[str, float]:
-        counts = Counter(t for t in tokens if t in self.terms)
-        weights = {t: (1.0 + math.log(n)) * self.terms[t][0] for t, n in counts.items()}
-        norm = math.sqrt(sum(w * w for w in weights.values()))
-        return {t: w / norm for t, w in weights.items()} if norm else {}
-
-    def text_scores(self, tokens: list[str], top_terms: int = 6) -> list[TextHit]:
-        """Cosine of the query with every case, and the terms that contributed most."""
-        scores = [0.0] * len(self.cases)
-        entity = [0.0] * len(self.cases)
-        contributions: list[list[tuple[str, float]]] = [[] for _ in self.cases]
-        for term, q_weight in self.query_vector(tokens).items():
-            _, docs, doc_weights = self.terms[term]
-            is_entity = term in self.entity_terms
-            for doc, d_weight in zip(docs, doc_weights):
-                part = q_weight * d_weight
-                scores[doc] += part
-                if is_entity:
-                    entity[doc] += part
-                contributions[doc].append((term, part))
-        hits = []
-        for score, entity_part, parts in zip(scores, entity, contributions):
-            parts.sort(key=lambda p: -p[1])
-            hits.append(TextHit(score, [(t, round(p, 4)) for t, p in parts[:top_terms]], entity_part))
-        return hits
+def _jsonl(rows: Iterable[Any], path: Path) -> np.ndarray:
+    offsets = [0]
+    with open(path, "wb") as handle:
+        for row in rows:
+            line = json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+            handle.write(line)
+            offsets.append(offsets[-1] + len(line))
+    return np.array(offsets, dtype=np.int64)
 
 
-def build_index(documents: list[dict[str, Any]], key: dict[str, Any]) -> dict[str, Any]:
-    """Fit TF-IDF with scikit-learn over the reviewed cases and return the JSON payload."""
+def build_index(
+    documents: Sequence[dict[str, Any]],
+    key: dict[str, Any],
+    directory: Path,
+    *,
+    encoder=None,
+    vector_cache=None,
+) -> BuildReport:
+    """Build the index of the reviewed ``documents`` into ``directory`` (created; must not exist).
+
+    ``encoder`` (a :class:`kb.semantic.Encoder`) adds the semantic stage; without it the
+    index is lexical only. ``vector_cache`` reuses embeddings of unchanged texts.
+    """
     lexicon_compiled = compile_lexicon(load_lexicon_source())
     lexicon = Lexicon(lexicon_compiled)
-    stop_lists = _load_yaml(STOPWORDS_FILE)
-    stop_lists = {"en": [str(w) for w in stop_lists.get("en", [])], "zh": [str(w) for w in stop_lists.get("zh", [])]}
+    stop_raw = load_yaml_data(STOPWORDS_FILE) or {}
+    stop_lists = {"en": [str(w) for w in stop_raw.get("en", [])], "zh": [str(w) for w in stop_raw.get("zh", [])]}
     stopwords = Stopwords.from_lists(stop_lists["en"], stop_lists["zh"])
-    weights = _load_yaml(WEIGHTS_FILE)
-    reviewed = [d for d in documents if d.get("status", "reviewed") == "reviewed"]
-    reviewed.sort(key=lambda d: d["id"])
-    token_lists = [tokenize(case_text(d, weights["fields"]), lexicon, stopwords) for d in reviewed]
-    terms: dict[str, list] = {}
-    if reviewed:
-        from sklearn.feature_extraction.text import TfidfVectorizer
+    weights = load_yaml_data(WEIGHTS_FILE)
+    lexical = weights["lexical"]
+    field_b = {name: float(spec["b"]) for name, spec in lexical["fields"].items()}
 
-        vectorizer = TfidfVectorizer(analyzer=_identity, sublinear_tf=True, smooth_idf=True, norm="l2")
-        matrix = vectorizer.fit_transform(token_lists).tocsc()
-        for term, column in vectorizer.vocabulary_.items():
-            start, end = matrix.indptr[column], matrix.indptr[column + 1]
-            terms[term] = [
-                float(vectorizer.idf_[column]),
-                [int(i) for i in matrix.indices[start:end]],
-                [round(float(w), 6) for w in matrix.data[start:end]],
-            ]
-    return {
+    reviewed = sorted((d for d in documents if d.get("status", "reviewed") == "reviewed"), key=lambda d: d["id"])
+    fields_tokens = []
+    for doc in reviewed:
+        texts = case_fields(doc)
+        fields_tokens.append({name: tokenize(texts[name], lexicon, stopwords) for name in field_b})
+    features = [case_features(d, lexicon) for d in reviewed]
+    facets: dict[str, list[int]] = {}
+    for row, (doc, feats) in enumerate(zip(reviewed, features)):
+        for term in facet_terms(doc, feats):
+            facets.setdefault(term, []).append(row)
+    facet_names = sorted(facets)
+
+    directory.mkdir(parents=True)
+    entity_memo: dict[str, bool] = {}
+    names = entity_words(lexicon)
+    for name, b in field_b.items():
+        arrays = build_postings([{name: doc[name]} for doc in fields_tokens], {name: FieldSpec(1.0, b)}, float(lexical["k1"]))
+        LexicalIndex.save(arrays, directory, f"lex_{name}_")
+        entity = [entity_memo.setdefault(t, is_entity_term(t, lexicon, names)) for t in map(str, arrays["terms"])]
+        np.save(directory / f"lex_{name}_entity.npy", np.array(entity, dtype=bool))
+    np.save(directory / "facet_terms.npy", np.array(facet_names, dtype=str) if facet_names else np.array([], dtype="<U1"))
+    np.save(directory / "facet_indptr.npy", np.cumsum([0, *(len(facets[f]) for f in facet_names)]).astype(np.int64))
+    np.save(
+        directory / "facet_docs.npy",
+        np.array([r for f in facet_names for r in facets[f]], dtype=np.int32),
+    )
+    np.save(directory / "docs_offsets.npy", _jsonl(reviewed, directory / "docs.jsonl"))
+    np.save(directory / "features_offsets.npy", _jsonl(features, directory / "features.jsonl"))
+    embedded = 0
+    semantic = None
+    if encoder is not None and reviewed:
+        per_case = [semantic_texts(d) for d in reviewed]
+        flat = [t for texts in per_case for t in texts]
+        if vector_cache is not None:
+            vectors, embedded = vector_cache.embed(flat, encoder)
+        else:
+            vectors, embedded = encoder.encode(flat), len(flat)
+        case_vectors = np.empty((len(reviewed), vectors.shape[1]), dtype=np.float32)
+        position = 0
+        for row, texts in enumerate(per_case):
+            mean = vectors[position : position + len(texts)].mean(axis=0)
+            position += len(texts)
+            norm = float(np.linalg.norm(mean)) or 1.0
+            case_vectors[row] = mean / norm
+        np.save(directory / "vectors.npy", case_vectors)
+        semantic = encoder.name
+        if len(reviewed) >= int(weights["semantic"]["ann_min_cases"]):
+            from .ann import build_ivf
+
+            build_ivf(case_vectors, directory)
+    with open(directory / "ids.json", "w", encoding="utf-8") as handle:
+        json.dump([d["id"] for d in reviewed], handle)
+    meta = {
         "key": key,
         "lexicon": lexicon_compiled,
         "stopwords": stop_lists,
         "weights": weights,
-        "cases": reviewed,
-        "features": [case_features(d, lexicon) for d in reviewed],
-        "terms": terms,
-        "entity_terms": sorted(t for t in terms if is_entity_term(t, lexicon)),
+        "cases": len(reviewed),
+        "terms": len(entity_memo),
+        "entity_words": sorted(names),
+        "semantic": semantic,
+        "counts": {
+            "by_model_family": dict(Counter((f.get("model_family") or "unknown") for f in features).most_common()),
+            "by_framework": dict(Counter(d["framework"]["name"] for d in reviewed).most_common()),
+            "by_phase": dict(Counter(d.get("phase") or "unknown" for d in reviewed).most_common()),
+            "by_language": dict(Counter(d["language"] for d in reviewed).most_common()),
+        },
     }
+    with open(directory / "meta.json", "w", encoding="utf-8") as handle:  # written last: marks the index complete
+        json.dump(meta, handle, ensure_ascii=False)
+    return BuildReport(len(reviewed), len(entity_memo), embedded)
 
 
-def _identity(tokens: list[str]) -> list[str]:
-    return tokens
+# -- reading ----------------------------------------------------------------------------
 
 
-def save_index(payload: dict[str, Any], path: Path) -> None:
-    """Write atomically: readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".index-", suffix=".json", dir=path.parent)
+class _Lines:
+    """Random access to the rows of a JSONL file through its offsets (memory-mapped)."""
+
+    def __init__(self, path: Path, offsets: np.ndarray):
+        self.offsets = offsets
+        # Mapped at once: the mapping stays valid even if a newer build later deletes the file.
+        with open(path, "rb") as handle:
+            self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if os.path.getsize(path) else None
+
+    def __getitem__(self, row: int) -> Any:
+        if self._map is None:
+            raise IndexError(row)
+        start, end = int(self.offsets[row]), int(self.offsets[row + 1])
+        return json.loads(self._map[start:end])
+
+
+def _cached(cache: dict[int, Any], lines: "_Lines", row: int, limit: int) -> Any:
+    """A parsed JSONL row, kept for the next query; the cache is bounded (cleared when full)."""
+    found = cache.get(row)
+    if found is None:
+        if len(cache) >= limit:
+            cache.clear()
+        found = cache[row] = lines[row]
+    return found
+
+
+class LoadedIndex:
+    """A read-only index; see the module docstring."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        with open(directory / "meta.json", encoding="utf-8") as handle:
+            meta = json.load(handle)
+        with open(directory / "ids.json", encoding="utf-8") as handle:
+            self.ids: list[str] = json.load(handle)
+        self.meta = meta
+        self.key: dict[str, Any] = meta["key"]
+        self.lexicon = Lexicon(meta["lexicon"])
+        self.stopwords = Stopwords.from_lists(meta["stopwords"]["en"], meta["stopwords"]["zh"])
+        self.weights: dict[str, Any] = meta["weights"]
+        self.semantic_model: str | None = meta.get("semantic")
+        self.counts: dict[str, dict[str, int]] = meta["counts"]
+        self.n_terms: int = meta["terms"]
+        self.entity_words: frozenset[str] = frozenset(meta["entity_words"])
+        k1 = float(self.weights["lexical"]["k1"])
+        self.fields: dict[str, LexicalIndex] = {}
+        self.entity: dict[str, np.ndarray] = {}
+        for name in self.weights["lexical"]["fields"]:
+            self.fields[name] = LexicalIndex.load(directory, f"lex_{name}_", len(self.ids), k1)
+            self.entity[name] = np.load(directory / f"lex_{name}_entity.npy", mmap_mode="r")
+        self.facet_terms = np.load(directory / "facet_terms.npy", mmap_mode="r")
+        self.facet_indptr = np.load(directory / "facet_indptr.npy", mmap_mode="r")
+        self.facet_docs = np.load(directory / "facet_docs.npy", mmap_mode="r")
+        self.vectors = np.load(directory / "vectors.npy", mmap_mode="r") if self.semantic_model else None
+        from .ann import IVF
+
+        self.ivf = IVF(directory) if self.semantic_model and IVF.exists(directory) else None
+        self._docs = _Lines(directory / "docs.jsonl", np.load(directory / "docs_offsets.npy", mmap_mode="r"))
+        self._features = _Lines(directory / "features.jsonl", np.load(directory / "features_offsets.npy", mmap_mode="r"))
+        self._rows: dict[str, int] | None = None
+        self._doc_cache: dict[int, dict[str, Any]] = {}
+        self._feature_cache: dict[int, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def row(self, case_id: str) -> int | None:
+        if self._rows is None:
+            self._rows = {case_id: i for i, case_id in enumerate(self.ids)}
+        return self._rows.get(case_id)
+
+    def document(self, row: int) -> dict[str, Any]:
+        return _cached(self._doc_cache, self._docs, row, 4096)
+
+    def features(self, row: int) -> dict[str, Any]:
+        return _cached(self._feature_cache, self._features, row, 65536)
+
+    def document_by_id(self, case_id: str) -> dict[str, Any] | None:
+        row = self.row(case_id)
+        return None if row is None else self.document(row)
+
+    def facet_rows(self, term: str) -> np.ndarray:
+        """Rows carrying one facet (e.g. ``model:gemma-3``, ``tag:zero-3``), ascending."""
+        if not len(self.facet_terms):
+            return np.zeros(0, dtype=np.int32)
+        i = int(np.searchsorted(self.facet_terms, term))
+        if i >= len(self.facet_terms) or self.facet_terms[i] != term:
+            return np.zeros(0, dtype=np.int32)
+        return np.asarray(self.facet_docs[int(self.facet_indptr[i]) : int(self.facet_indptr[i + 1])])
+
+    def all_documents(self) -> list[dict[str, Any]]:
+        return [self.document(i) for i in range(len(self))]
+
+
+def load_index(directory: Path) -> LoadedIndex | None:
+    """The index in ``directory``, or None when it is missing, incomplete or of another format."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, ensure_ascii=False, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        index = LoadedIndex(directory)
+    except (OSError, ValueError, KeyError):
+        return None
+    return index if index.key.get("format") == INDEX_FORMAT else None
 
 
-def load_index(path: Path) -> LoadedIndex | None:
-    """The index at ``path``, or None when it is missing, unreadable or of another format."""
+def build_aside(documents: Sequence[dict[str, Any]], key: dict[str, Any], final: Path, **kwargs) -> BuildReport:
+    """Build into a temporary sibling of ``final`` and rename it into place (atomic on POSIX).
+    If another process already put a complete index there, that one is kept."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
+    shutil.rmtree(tmp)
     try:
-        with open(path, encoding="utf-8") as handle:
-            payload = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(payload, dict) or payload.get("key", {}).get("format") != INDEX_FORMAT:
-        return None
-    return LoadedIndex(payload)
+        report = build_index(documents, key, tmp, **kwargs)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "meta.json").exists():
+                raise
+        return report
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale(parent: Path, keep: Path, build_grace_seconds: float = 3600.0) -> None:
+    """Delete other index directories, and leftovers of killed builds once they are old enough
+    not to be a build still running in another process. Processes that mapped a deleted index
+    keep reading it (POSIX keeps unlinked files alive while mapped)."""
+    import time
+
+    if not parent.is_dir():
+        return
+    now = time.time()
+    for entry in parent.iterdir():
+        if entry == keep or not entry.is_dir():
+            continue
+        if entry.name.startswith(".build-"):
+            try:
+                if now - entry.stat().st_mtime > build_grace_seconds:
+                    shutil.rmtree(entry, ignore_errors=True)
+            except OSError:
+                pass
+        elif (entry / "meta.json").exists():
+            shutil.rmtree(entry, ignore_errors=True)

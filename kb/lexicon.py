@@ -26,14 +26,15 @@ _ASCII_WORD = re.compile(r"[a-z0-9]+")
 _JOINER = re.compile(r"[\s\-_./:=]{0,3}")
 
 
-_COUNT_TIMES = re.compile(r"(?<![a-z0-9.])(\d+)\s*[x×*]\s*(?=[a-z])")
+# A count before 'x' and a name or a four-digit GPU number ('8xA100', '4x3090'); not '448x448'.
+_COUNT_TIMES = re.compile(r"(?<![a-z0-9.])(\d+)\s*[x×*]\s*(?=[a-z]|[1-9]\d{3}(?![0-9]))")
 
 
 def normalize(text: str) -> str:
     """Fold width and case so that 'ＺｅＲＯ－３' and 'zero-3' look alike.
 
-    A count glued to a name ('8xA100', '8*A100') is spaced out ('8 x a100') so
-    the name can be matched as a word.
+    A count glued to a name ('8xA100', '8*A100', '4x3090') is spaced out
+    ('8 x a100') so the name can be matched as a word.
     """
     return _COUNT_TIMES.sub(r"\1 x ", unicodedata.normalize("NFKC", text).lower())
 
@@ -133,6 +134,21 @@ class Lexicon:
         self._cjk: dict[str, list[list[str]]] = compiled["cjk"]
         self._max_words: int = compiled["max_words"]
         self._cue_patterns = {name: _cue_pattern(spec) for name, spec in compiled["cues"].items()}
+        self._automaton = None
+
+    def _cjk_automaton(self):
+        """Aho-Corasick over the Chinese aliases (pyahocorasick): one pass over the text finds
+        them all, instead of one substring search per alias."""
+        if self._automaton is None:
+            import ahocorasick
+
+            automaton = ahocorasick.Automaton()
+            for key in self._cjk:
+                automaton.add_word(key, key)
+            if len(automaton):
+                automaton.make_automaton()
+            self._automaton = automaton
+        return self._automaton
 
     @classmethod
     def from_file(cls, path: Path | None = None) -> "Lexicon":
@@ -152,21 +168,20 @@ class Lexicon:
                     break
                 key = " ".join(w[0] for w in words[i : j + 1])
                 targets = self._ascii.get(key)
-                if targets:
+                if targets and not _cuts_number(norm, words[j][2]):
                     candidates.append((words[i][1], words[j][2], targets))
         if has_cjk(norm):
-            for key, targets in self._cjk.items():
-                start = norm.find(key)
-                while start != -1:
-                    candidates.append((start, start + len(key), targets))
-                    start = norm.find(key, start + 1)
+            for end, key in self._cjk_automaton().iter(norm):
+                candidates.append((end + 1 - len(key), end + 1, self._cjk[key]))
+        # Longest first; a span already taken blocks any overlapping shorter match. The
+        # occupancy array keeps this linear in the text, however many matches there are.
         candidates.sort(key=lambda c: (-(c[1] - c[0]), c[0]))
-        taken: list[tuple[int, int]] = []
+        taken = bytearray(len(norm))
         matches: list[Match] = []
         for start, end, targets in candidates:
-            if any(start < t_end and t_start < end for t_start, t_end in taken):
+            if any(taken[start:end]):
                 continue
-            taken.append((start, end))
+            taken[start:end] = b"\x01" * (end - start)
             matches.extend(Match(group, concept, start, end) for group, concept in targets)
         matches.sort(key=lambda m: (m.start, m.group))
         return matches
@@ -180,6 +195,15 @@ class Lexicon:
 
     def cue_pattern(self, name: str) -> re.Pattern[str]:
         return self._cue_patterns[name]
+
+    def has_cue(self, name: str) -> bool:
+        """Cues added later are optional, so an index built with an older lexicon still answers."""
+        return name in self._cue_patterns
+
+
+def _cuts_number(norm: str, end: int) -> bool:
+    """True when a match ending at ``end`` stops inside a decimal ('loss 0' in 'loss 0.95')."""
+    return end + 1 < len(norm) and norm[end - 1].isdigit() and norm[end] == "." and norm[end + 1].isdigit()
 
 
 def _cue_pattern(spec: dict[str, list[str]]) -> re.Pattern[str]:

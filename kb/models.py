@@ -85,6 +85,18 @@ class Fix(_Strict):
     )
 
 
+class UserPhrasing(_Strict):
+    """The symptom told the way a user would report it, once in each language, so a report in
+    either language meets the case. Written from the case's own facts, not copied from a source."""
+
+    en: str = Field(min_length=1)
+    zh: str = Field(min_length=1)
+    queries: list[str] = Field(
+        default_factory=list,
+        description="short reports as users type them (issue titles, chat lines, error lines), in either language",
+    )
+
+
 class Case(_Strict):
     id: str
     title: str = Field(min_length=1)
@@ -92,6 +104,7 @@ class Case(_Strict):
     language: str = Field(min_length=2, description="language of the source, e.g. zh, en")
     phase: Optional[Phase] = None
     symptom: str = Field(min_length=1)
+    user_phrasing: Optional[UserPhrasing] = None
     model: ModelInfo
     framework: FrameworkInfo
     hardware: HardwareInfo = Field(default_factory=HardwareInfo)

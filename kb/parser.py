@@ -12,9 +12,11 @@ or two losses ('loss从70降到10').
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import dataclass, field
 
 from .lexicon import Lexicon, Match, iter_groups, normalize
+from .report import clean_report
 from .tokenize import Stopwords, tokenize
 
 CONCEPT_FEATURES = ("model", "framework", "precision", "finetuning", "phase", "accelerator")
@@ -38,7 +40,25 @@ _CLAUSE_END = re.compile(r"[,;!?，；。！？\n]|\.(?:\s|$)|\b(?:but|while|whe
 _SENTENCE_END = re.compile(r"[!?；。！？\n]|\.(?:\s|$)")
 _LOSS_WINDOW = 48
 _SENTENCE_WINDOW = 90
-_SCI_NUMBER = re.compile(r"(?<![a-z0-9.])(\d+(?:\.\d+)?e-?\d+|0\.0\d+)(?![0-9])")
+# The value right after a cue word: 'lr 2e-5', 'lr=[1e-05]', '"num_gpus": 8', '学习率为0.01'.
+_CUE_NUMBER = re.compile(r"[\s:=为是~约\"'\[(]*(\d+(?:\.\d+)?(?:e-?\d+)?)")
+_SCI_NUMBER = re.compile(r"(?<![a-z0-9.])(\d+(?:\.\d+)?e-?\d+|0\.0\d+)(?![0-9]|\.\d)")
+# A small number right after a key that is not a learning rate belongs to that key:
+# 'weight_decay: 0.01', "'grad_norm': 0.05", 'eps=1e-08', 'dropout 0.05'.
+_KEY_BEFORE = re.compile(r"([a-z][a-z0-9_]*)[\"']?\s*[:=]\s*[\"'\[(]?\s*$")
+_NOT_LR_WORD_BEFORE = re.compile(
+    r"(?:weight[\s_]?decay|dropout|grad(?:ient)?[\s_]?norm|warmup[\s_]?ratio|eps|epsilon|beta[12]?|temperature|"
+    r"top[\s_]?p|smoothing|momentum|ratio|clip(?:ping)?)\s*(?:of|为|是)?\s*$"
+)
+# Which numbers after the bare word 'rank' are LoRA ranks: distributed logs say
+# 'on rank 3', 'local_rank=0', 'rank 3/8', and LoRA ranks are powers of two.
+_PROCESS_RANK_BEFORE = re.compile(r"(?:local|global|world|process|node|on|from|of|at|in|every|each|other|all|by)[\s_\-]*$")
+# Counts in launch settings: 'CUDA_VISIBLE_DEVICES=0,1,2,3' names four devices.
+_VISIBLE_DEVICES = re.compile(r"(?:cuda|ascend_rt|hip|npu)_visible_devices\s*[=:]\s*[\"']?(\d+(?:\s*,\s*\d+)*)")
+# A vendor or series word between a count and an accelerator name: '2 x nvidia a100', '4 x rtx 3090'.
+_COUNT_BEFORE_ACCELERATOR = re.compile(
+    r"(?<![0-9.])(\d+)\s*(?:x|张|块|台|\*)?\s*(?:(?:nvidia|geforce|rtx|gtx|tesla|huawei|华为)[\s\-]*){0,2}$"
+)
 _MODEL_SIZE = re.compile(r"(?<![a-z0-9.])(?:(\d+)\s*x\s*)?(\d+(?:\.\d+)?)\s*b(?![a-z0-9])")
 _ZERO_STAGE = re.compile(r"zero[\s_\-]*(?:optimization)?[\s_\-\"':=]*stage[\s_\-\"':=]*([0-3])\b")
 _CHINESE_DIGITS = {"单": 1, "一": 1, "双": 2, "两": 2, "二": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "十": 10}
@@ -51,6 +71,8 @@ class ParsedQuery:
     matches: list[Match] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
+    # What was searched: the text after :func:`kb.report.clean_report` (``text`` stays as given).
+    clean_text: str = ""
 
     def feature_summary(self) -> dict[str, list]:
         return {name: values for name, values in self.features.items() if values}
@@ -68,33 +90,55 @@ def _clause_after(norm: str, start: int, limit: int, ends: re.Pattern[str] = _CL
     return window[: cut.start()] if cut else window
 
 
-def extract_losses(norm: str, lexicon: Lexicon, *, prose: bool = False) -> list[float]:
-    """Loss values: numbers in the clause (``prose``: the sentence) after a loss cue, minus steps, counts and sizes."""
-    found: list[float] = []
+_OTHER_NUMBER_CUES = ("learning_rate", "batch_size", "seq_len", "lora_rank", "gpu_count")
+
+
+def _loss_numbers(norm: str, lexicon: Lexicon, *, prose: bool = False) -> list[tuple[float, int]]:
+    """(value, position) of each loss number: in the clause after a loss cue, until another setting is named."""
+    found: list[tuple[float, int]] = []
     ends, window = (_SENTENCE_END, _SENTENCE_WINDOW) if prose else (_CLAUSE_END, _LOSS_WINDOW)
+    others = [lexicon.cue_pattern(name) for name in _OTHER_NUMBER_CUES if lexicon.has_cue(name)]
     for cue in lexicon.cue_pattern("loss").finditer(norm):
         clause = _clause_after(norm, cue.end(), window, ends)
+        # A number right after another setting's cue is that setting's: 'loss 2.3 lr 0.01'.
+        owned: set[int] = set()
+        for other in others:
+            for named in other.finditer(clause):
+                number = _CUE_NUMBER.match(clause, named.end())
+                if number:
+                    owned.add(number.start(1))
         taken = 0
         for number in _FREE_NUMBER.finditer(clause):
+            if number.start(1) in owned:
+                continue
             after = clause[number.end() :]
             before = clause[: number.start()]
             if _NOT_A_LOSS_AFTER.match(after) or _NOT_A_LOSS_BEFORE.search(before):
                 continue
             # 'loss 1.8-2.0' is a range: both ends count; '-' as a minus sign is ignored.
             value = float(number.group(1))
-            if value < 1000 and value not in found:
-                found.append(value)
+            if value < 1000:
+                found.append((value, cue.end() + number.start(1)))
             taken += 1
             if taken == 3:
                 break
     return found
 
 
+def extract_losses(norm: str, lexicon: Lexicon, *, prose: bool = False) -> list[float]:
+    """Loss values: numbers in the clause (``prose``: the sentence) after a loss cue, minus steps, counts and sizes."""
+    values: list[float] = []
+    for value, _ in _loss_numbers(norm, lexicon, prose=prose):
+        if value not in values:
+            values.append(value)
+    return values
+
+
 def _numbers_after_cue(norm: str, lexicon: Lexicon, cue: str, window: int = 14) -> list[str]:
     values = []
     for match in lexicon.cue_pattern(cue).finditer(norm):
         clause = _clause_after(norm, match.end(), window)
-        number = re.match(r"[\s:=为是~约]*(\d+(?:\.\d+)?(?:e-?\d+)?)", clause)
+        number = _CUE_NUMBER.match(clause)
         if number:
             values.append(number.group(1))
     return values
@@ -116,11 +160,14 @@ def extract_gpu_count(norm: str, lexicon: Lexicon, accelerators: list[Match]) ->
         counts.append(int(match.group(1)))
     for match in re.finditer(rf"([单双两二三四五六七八十])\s*(?:张|块|台|个)?\s*(?:{unit})", norm):
         counts.append(_CHINESE_DIGITS[match.group(1)])
-    for acc in accelerators:  # '8 x a100', '8张a100', '2x a100-80g'
-        before = norm[max(0, acc.start - 8) : acc.start]
-        number = re.search(r"(\d+)\s*(?:x|张|块|台|\*)?\s*$", before)
+    for acc in accelerators:  # '8 x a100', '8张a100', '2x a100-80g', '4 x rtx 3090'
+        number = _COUNT_BEFORE_ACCELERATOR.search(norm, max(0, acc.start - 24), acc.start)
         if number:
             counts.append(int(number.group(1)))
+    if lexicon.has_cue("gpu_count"):  # 'GPU number: 8', 'num_gpus=8', '--nproc_per_node 8'
+        counts.extend(int(float(raw)) for raw in _numbers_after_cue(norm, lexicon, "gpu_count") if re.fullmatch(r"\d+", raw))
+    for match in _VISIBLE_DEVICES.finditer(norm):
+        counts.append(match.group(1).count(",") + 1)
     return sorted(set(c for c in counts if 0 < c <= 4096))
 
 
@@ -134,10 +181,46 @@ def extract_model_sizes(norm: str) -> list[float]:
     return sorted(set(sizes))
 
 
-def extract_learning_rates(norm: str, lexicon: Lexicon) -> list[float]:
+def extract_learning_rates(norm: str, lexicon: Lexicon, loss_positions: set[int] = frozenset()) -> list[float]:
+    """Numbers after a learning-rate cue, and small bare numbers ('2e-5', '0.01') that belong to nothing else.
+
+    A bare number is not a learning rate when it was read as a loss ('loss 从 2.3 降到 0.01')
+    or stands after another key ('weight_decay: 0.01', "'grad_norm': 0.05").
+    """
     rates = {float(v) for v in _numbers_after_cue(norm, lexicon, "learning_rate")}
-    rates.update(float(m.group(1)) for m in _SCI_NUMBER.finditer(norm))
+    lr_cue = lexicon.cue_pattern("learning_rate")
+    for match in _SCI_NUMBER.finditer(norm):
+        if match.start(1) in loss_positions:
+            continue
+        before = norm[max(0, match.start() - 40) : match.start()]
+        key = _KEY_BEFORE.search(before)
+        if key and not lr_cue.fullmatch(key.group(1)):
+            continue
+        if _NOT_LR_WORD_BEFORE.search(before):
+            continue
+        rates.add(float(match.group(1)))
     return sorted(r for r in rates if 0 < r < 1)
+
+
+def extract_lora_ranks(norm: str, lexicon: Lexicon) -> list[int]:
+    """LoRA ranks after a rank cue; the bare word 'rank' only when it cannot be a process rank."""
+    ranks: list[int] = []
+    for match in lexicon.cue_pattern("lora_rank").finditer(norm):
+        number = re.match(r"[\s:=为是~约\"'\[(]*(\d+)(?![0-9.])", norm[match.end() : match.end() + 14])
+        if not number:
+            continue
+        value = int(number.group(1))
+        if match.group().strip() == "rank":
+            after = norm[match.end() + number.end() : match.end() + number.end() + 2]
+            if (
+                value < 1 or value & (value - 1)  # 0 or not a power of two
+                or after.lstrip().startswith("/")  # 'rank 3/8'
+                or _PROCESS_RANK_BEFORE.search(norm, max(0, match.start() - 12), match.start())
+            ):
+                continue
+        if value not in ranks:
+            ranks.append(value)
+    return ranks
 
 
 def extract_features(norm: str, matches: list[Match], lexicon: Lexicon, *, prose: bool = False) -> dict[str, list]:
@@ -149,7 +232,8 @@ def extract_features(norm: str, matches: list[Match], lexicon: Lexicon, *, prose
         _add(features, "zero_stage", int(lexicon.info("zero_stage", concept).get("value", concept[-1])))
     for match in _ZERO_STAGE.finditer(norm):
         _add(features, "zero_stage", int(match.group(1)))
-    for value in extract_losses(norm, lexicon, prose=prose):
+    losses = _loss_numbers(norm, lexicon, prose=prose)
+    for value, _ in losses:
         _add(features, "loss", value)
     for value in extract_steps(norm, lexicon):
         _add(features, "step", value)
@@ -158,24 +242,34 @@ def extract_features(norm: str, matches: list[Match], lexicon: Lexicon, *, prose
         _add(features, "gpu_count", value)
     for value in extract_model_sizes(norm):
         _add(features, "model_size", value)
-    for value in extract_learning_rates(norm, lexicon):
+    for value in extract_learning_rates(norm, lexicon, {position for _, position in losses}):
         _add(features, "learning_rate", value)
-    for name, cue in (("batch_size", "batch_size"), ("seq_len", "seq_len"), ("lora_rank", "lora_rank")):
+    for value in extract_lora_ranks(norm, lexicon):
+        _add(features, "lora_rank", value)
+    for name, cue in (("batch_size", "batch_size"), ("seq_len", "seq_len")):
         for raw in _numbers_after_cue(norm, lexicon, cue):
             if re.fullmatch(r"\d+", raw):
                 _add(features, name, int(raw))
     return {name: values for name, values in features.items() if values}
 
 
+def _covered(matches: list[Match], starts: list[int], position: int) -> bool:
+    """Whether a concept match spans the position; matches are sorted by start and do not overlap."""
+    i = bisect_right(starts, position) - 1
+    return i >= 0 and position < matches[i].end
+
+
 def parse(text: str, lexicon: Lexicon, stopwords: Stopwords) -> ParsedQuery:
-    norm = normalize(text)
+    """Features, tokens and unknown words of a query; a pasted report is cleaned first (kb.report)."""
+    clean_text = clean_report(text)
+    norm = normalize(clean_text)
     matches = lexicon.find(norm)
-    tokens = tokenize(text, lexicon, stopwords, matches=matches)
-    covered = [(m.start, m.end) for m in matches]
+    tokens = tokenize(clean_text, lexicon, stopwords, matches=matches)
+    starts = [m.start for m in matches]
     unknown = [
         w.group()
         for w in re.finditer(r"[a-z0-9]+(?:\.[a-z0-9]+)*", norm)
-        if not any(s <= w.start() < e for s, e in covered) and w.group() not in stopwords.english
+        if not _covered(matches, starts, w.start()) and w.group() not in stopwords.english
     ]
     return ParsedQuery(
         text=text,
@@ -183,4 +277,5 @@ def parse(text: str, lexicon: Lexicon, stopwords: Stopwords) -> ParsedQuery:
         matches=matches,
         tokens=tokens,
         unknown=unknown,
+        clean_text=clean_text,
     )

@@ -44,3 +44,15 @@ def user_data_dir() -> Path:
     xdg = os.environ.get("XDG_DATA_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
     return base / "kbq"
+
+
+def user_cache_dir() -> Path:
+    """Where kbq keeps what it can always recompute: the sentence model's mappable copy and
+    the case embeddings. ``KBQ_CACHE_DIR`` wins; otherwise the XDG cache directory. Shared by
+    every database of the user, so a second database reuses the first one's embeddings."""
+    explicit = os.environ.get("KBQ_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "kbq"

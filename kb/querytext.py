@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from .errors import QueryError
+from .report import ANSI_ESCAPE as _ANSI
 
 # A pasted issue with its environment block fits easily; a whole training log does not.
 MAX_QUERY_CHARS = 16384
@@ -13,7 +14,13 @@ _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def validate_query(query: str) -> str:
-    """The query stripped of surrounding white space, or QueryError saying what is wrong."""
+    """The query stripped of surrounding white space, or QueryError saying what is wrong.
+
+    Terminal colour codes are removed first: a log pasted from a terminal carries them,
+    and they are formatting, not binary data.
+    """
+    if "\x1b" in query:
+        query = _ANSI.sub("", query)
     if _SURROGATE.search(query):
         position = _SURROGATE.search(query).start()
         byte = ord(query[position]) - 0xDC00 if 0xDC80 <= ord(query[position]) <= 0xDCFF else None

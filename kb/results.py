@@ -30,6 +30,9 @@ class Hit:
     confident: bool
     text: TextBreakdown
     features: list[FeatureScore]
+    semantic: float | None = None      # cosine of query and case embeddings (None: stage off)
+    semantic_weight: float = 0.0
+    feature_weight: float = 0.0
 
     @property
     def case_id(self) -> str:
@@ -60,6 +63,8 @@ class SearchOutcome:
     threshold: float
     filters: dict[str, str | None]
     case_count: int
+    confidence: float = 0.0            # probability that the top result is the user's problem
+    abstain_reason: str | None = None  # why the top result is not confident
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +73,8 @@ class SearchOutcome:
             "parsed": {"features": self.features, "unknown_terms": self.unknown},
             "filters": {k: v for k, v in self.filters.items() if v},
             "abstained": self.abstained,
+            "abstain_reason": self.abstain_reason,
+            "confidence": self.confidence,
             "threshold": self.threshold,
             "case_count": self.case_count,
             "results": [_hit_json(hit) for hit in self.hits],
@@ -95,6 +102,9 @@ def _hit_json(hit: Hit) -> dict[str, Any]:
                 "contribution": round(hit.text.contribution, 4),
                 "matched_terms": [{"term": t, "contribution": c} for t, c in hit.text.terms],
             },
+            "semantic": None
+            if hit.semantic is None
+            else {"cosine": hit.semantic, "weight": hit.semantic_weight, "contribution": round(hit.semantic * hit.semantic_weight, 4)},
             "features": [
                 {
                     "name": f.name,

@@ -1,20 +1,39 @@
-"""Ranking: TF-IDF text similarity mixed with structured feature similarity.
+"""Ranking: candidates from the lexical and semantic stages, then re-ranking with features.
 
-Every hit carries its breakdown (text cosine, its top terms, and each
-feature's similarity and contribution), and the outcome abstains ("no close
-case") when even the best case is not a confident match.
+1. **Candidates.** BM25F over the query's terms (postings only) and the cosine
+   of the query's sentence embedding with each case vector are fused into one
+   score: ``lexical.weight * bm25 / best_bm25 + semantic.weight * cosine``.
+   The best ``candidates`` rows (argpartition) go on; nothing else is looked at.
+2. **Re-ranking.** For those rows only, the structured features (model,
+   framework, ZeRO stage, loss values, symptoms...) are compared and added
+   with ``features.weight``. Problem evidence (symptoms, losses) weighs more
+   than entity matches (model, framework, GPU), which say where, not what.
+3. **Confidence.** A logistic model over the top result's evidence, fitted on
+   real reports with k-fold cross-validation (``benches/fit_confidence.py``),
+   gives the probability that the top result is the user's problem. Below
+   ``confidence.threshold`` the answer abstains and says why.
+
+Every hit carries its breakdown: the terms that matched and their share, the
+semantic similarity, and each feature's similarity and contribution.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
 
 from .fixes import recommend_fixes
 from .index import LoadedIndex
+from .lexical import concept_group
 from .lexicon import normalize
 from .parser import ParsedQuery
 from .results import Hit, SearchOutcome, TextBreakdown
 from .similarity import combine
+
+Embed = Callable[[str], "np.ndarray | None"]
 
 
 @dataclass(frozen=True)
@@ -26,66 +45,311 @@ class Filters:
     def as_dict(self) -> dict[str, str | None]:
         return {"model": self.model, "framework": self.framework, "tag": self.tag}
 
+    def __bool__(self) -> bool:
+        return bool(self.model or self.framework or self.tag)
 
-def _passes(index: LoadedIndex, i: int, filters: Filters) -> bool:
-    case, feats = index.cases[i], index.features[i]
+
+def allowed_rows(index: LoadedIndex, filters: Filters) -> np.ndarray | None:
+    """Rows passing the filters (from the facet postings), or None when there is no filter.
+
+    A model filter may be a version ('gemma-3') or a family ('qwen'); a framework filter
+    also keeps cases that use it as a library (deepspeed under llama-factory)."""
+    if not filters:
+        return None
+    sets: list[np.ndarray] = []
     if filters.model:
-        # A version ('gemma-3') keeps that version; a family ('qwen') keeps the whole family.
         wanted = index.lexicon.resolve("model", filters.model) or normalize(filters.model).strip()
-        if wanted not in feats.get("model", []) and wanted != feats.get("model_family"):
-            return False
+        sets.append(np.union1d(index.facet_rows(f"model:{wanted}"), index.facet_rows(f"family:{wanted}")))
     if filters.framework:
         wanted = index.lexicon.resolve("framework", filters.framework) or normalize(filters.framework).strip()
-        if wanted not in feats.get("framework", []) and wanted not in feats.get("framework_libraries", []):
-            return False
+        sets.append(index.facet_rows(f"framework:{wanted}"))
     if filters.tag:
-        if normalize(filters.tag).strip() not in {normalize(t) for t in case.get("tags", [])}:
-            return False
-    return True
+        sets.append(index.facet_rows(f"tag:{normalize(filters.tag).strip()}"))
+    rows = sets[0]
+    for other in sets[1:]:
+        rows = np.intersect1d(rows, other)
+    return rows
 
 
 def matching_ids(index: LoadedIndex, filters: Filters) -> set[str]:
-    """Ids of the indexed cases that pass the filters."""
-    return {case["id"] for i, case in enumerate(index.cases) if _passes(index, i, filters)}
+    rows = allowed_rows(index, filters)
+    if rows is None:
+        return set(index.ids)
+    return {index.ids[int(r)] for r in rows}
+
+
+def query_term_weights(tokens: list[str], weights: dict[str, Any], entity_words: frozenset[str] = frozenset()) -> dict[str, float]:
+    """Each distinct query term once, weighted by its kind: concept groups as weights.yaml says
+    (problem concepts up, entity names down), words of names as ``name_word``, others 1."""
+    groups = weights["lexical"].get("query_groups", {})
+    name_word = float(groups.get("name_word", 1.0))
+    out: dict[str, float] = {}
+    for token in tokens:
+        if token in out:
+            continue
+        group = concept_group(token)
+        out[token] = float(groups.get(group, 1.0)) if group else (name_word if token in entity_words else 1.0)
+    return out
+
+
+@dataclass
+class Candidates:
+    """Per-candidate evidence, for ranking and for fitting weights and confidence."""
+
+    rows: np.ndarray
+    lexical: np.ndarray          # field-weighted BM25, each field scaled by its best case (0..1)
+    lexical_problem: np.ndarray  # the same, counting only terms that are not entity names
+    semantic: np.ndarray         # cosine of query and case embeddings (0 without the stage)
+    features: np.ndarray         # weighted feature similarity (0..1)
+    coverage: np.ndarray = field(default_factory=lambda: np.zeros(0))  # share of the query's problem-term idf mass matched
+    fields: dict[str, np.ndarray] = field(default_factory=dict)  # per field, scaled by its best
+    problem_fields: dict[str, np.ndarray] = field(default_factory=dict)   # the same, problem terms only
+    coverage_fields: dict[str, np.ndarray] = field(default_factory=dict)  # per field coverage
+    feature_scores: list[list] = field(default_factory=list)
+    term_ids: dict[str, dict[str, int]] = field(default_factory=dict)
+    query_weights: dict[str, float] = field(default_factory=dict)
+    field_scale: dict[str, float] = field(default_factory=dict)  # field weight share / best score
+
+
+def field_shares(weights: dict[str, Any]) -> dict[str, float]:
+    specs = weights["lexical"]["fields"]
+    total = sum(float(spec["weight"]) for spec in specs.values()) or 1.0
+    return {name: float(spec["weight"]) / total for name, spec in specs.items()}
+
+
+def candidates(
+    index: LoadedIndex,
+    parsed: ParsedQuery,
+    weights: dict[str, Any],
+    *,
+    query_vector: np.ndarray | None = None,
+    filters: Filters = Filters(),
+    limit: int | None = None,
+) -> Candidates:
+    semantic_w = float(weights["semantic"]["weight"]) if query_vector is not None and index.vectors is not None else 0.0
+    qw = query_term_weights(parsed.tokens, weights, index.entity_words)
+    n = len(index)
+    shares = field_shares(weights)
+    per_field: dict[str, np.ndarray] = {}
+    term_ids: dict[str, dict[str, int]] = {}
+    field_scale: dict[str, float] = {}
+    lex = np.zeros(n)
+    for name, lexical in index.fields.items():
+        if not shares.get(name):
+            term_ids[name] = {}
+            continue
+        ids = term_ids[name] = lexical.lookup(qw)
+        scores = lexical.scores(ids, qw)
+        best = float(scores.max()) if n else 0.0
+        field_scale[name] = shares.get(name, 0.0) / best if best > 0 else 0.0
+        per_field[name] = scores / best if best > 0 else scores
+        lex += shares.get(name, 0.0) * per_field[name]
+    lexical_w = float(weights["lexical"]["weight"])
+    limit = min(limit or int(weights["candidates"]), n)
+    allowed = allowed_rows(index, filters)
+    ivf = index.ivf if semantic_w else None
+    if ivf is not None:
+        # Large case base: the lexical stage's best rows plus the IVF's nearest vectors,
+        # then exact cosines for that pool only (see kb/ann.py).
+        lex_pool = lex if allowed is None else _masked(lex, allowed)
+        lex_rows = _top(lex_pool, limit)
+        lex_rows = lex_rows[lex_pool[lex_rows] > 0]
+        sem_rows, _ = ivf.search(query_vector, int(weights["semantic"]["nprobe"]), limit)
+        if allowed is not None:
+            sem_rows = np.intersect1d(sem_rows, allowed)
+        pool = np.union1d(lex_rows, sem_rows).astype(np.int64)
+        sem_pool = np.asarray(index.vectors[pool] @ query_vector, dtype=np.float64)
+        fused = lexical_w * lex[pool] + semantic_w * sem_pool
+        keep = _top(fused, limit)
+        rows, sem_rows_final = pool[keep], sem_pool[keep]
+    else:
+        fused = lexical_w * lex
+        sem_all = None
+        if semantic_w:
+            sem_all = np.asarray(index.vectors @ query_vector, dtype=np.float64)
+            fused = fused + semantic_w * sem_all
+        if allowed is not None:
+            fused = _masked(fused, allowed)
+        rows = _top(fused, limit)
+        rows = rows[np.isfinite(fused[rows])]
+        sem_rows_final = sem_all[rows] if sem_all is not None else np.zeros(len(rows))
+    problem_fields: dict[str, np.ndarray] = {}
+    coverage_fields: dict[str, np.ndarray] = {}
+    for name, lexical in index.fields.items():
+        ids = term_ids[name]
+        best = shares.get(name, 0.0) / field_scale[name] if field_scale.get(name) else 0.0
+        problem_terms = {t for t, i in ids.items() if not index.entity[name][i]}
+        if problem_terms and best:
+            problem_fields[name] = lexical.scores(ids, qw, problem_terms)[rows] / best
+        matched, total = lexical.coverage(ids, qw, problem_terms)
+        if total:
+            coverage_fields[name] = matched[rows] / total
+    feature_totals = np.zeros(len(rows))
+    feature_scores: list[list] = []
+    for j, row in enumerate(rows):
+        total, scores = combine(parsed.features, index.features(int(row)), weights, index.lexicon)
+        feature_totals[j] = total
+        feature_scores.append(scores)
+    return Candidates(
+        rows=rows,
+        lexical=lex[rows],
+        lexical_problem=_mix(problem_fields, shares, len(rows)),
+        semantic=sem_rows_final,
+        features=feature_totals,
+        coverage=_mix(coverage_fields, shares, len(rows)),
+        problem_fields=problem_fields,
+        coverage_fields=coverage_fields,
+        fields={name: per_field[name][rows] if name in per_field else np.zeros(len(rows)) for name in index.fields},
+        feature_scores=feature_scores,
+        term_ids=term_ids,
+        query_weights=qw,
+        field_scale=field_scale,
+    )
+
+
+def _mix(per_field: dict[str, np.ndarray], shares: dict[str, float], size: int) -> np.ndarray:
+    total = np.zeros(size)
+    for name, values in per_field.items():
+        total += shares.get(name, 0.0) * values
+    return total
+
+
+def _masked(values: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    out = np.full(len(values), -np.inf)
+    out[allowed] = values[allowed]
+    return out
+
+
+def _top(values: np.ndarray, limit: int) -> np.ndarray:
+    """Indices of the ``limit`` largest values (unordered), in linear time."""
+    if limit <= 0 or not len(values):
+        return np.zeros(0, dtype=np.int64)
+    if limit >= len(values):
+        return np.arange(len(values))
+    return np.argpartition(-values, limit - 1)[:limit]
+
+
+def matched_terms(index: LoadedIndex, c: Candidates, row: int, limit: int) -> list[tuple[str, float]]:
+    """The query terms that carried a case's lexical score, with their share of it (all fields)."""
+    totals: dict[str, float] = {}
+    for name, lexical in index.fields.items():
+        scale = c.field_scale.get(name, 0.0)
+        if not scale:
+            continue
+        for term, value in lexical.contributions(row, c.term_ids[name], c.query_weights):
+            totals[term] = totals.get(term, 0.0) + value * scale
+    ranked = sorted(totals.items(), key=lambda item: -item[1])[:limit]
+    return [(term, round(value, 4)) for term, value in ranked]
+
+
+def final_scores(c: Candidates, weights: dict[str, Any], semantic_on: bool) -> np.ndarray:
+    score = float(weights["lexical"]["weight"]) * c.lexical + float(weights["features"]["weight"]) * c.features
+    if semantic_on:
+        score = score + float(weights["semantic"]["weight"]) * c.semantic
+    return score
+
+
+def confidence_inputs(c: Candidates, scores: np.ndarray, order: np.ndarray, shares: dict[str, float] | None = None) -> dict[str, float]:
+    """What the confidence models look at, for the top result. ``shares`` (field weights) lets
+    a fitting script weigh the per-field evidence as its own mix does; by default, as shipped."""
+    if not len(order):
+        return {}
+    top = int(order[0])
+    second = float(scores[order[1]]) if len(order) > 1 else 0.0
+    if shares is None:
+        problem, coverage = float(c.lexical_problem[top]), float(c.coverage[top])
+    else:
+        problem = sum(shares.get(n, 0.0) * float(v[top]) for n, v in c.problem_fields.items())
+        coverage = sum(shares.get(n, 0.0) * float(v[top]) for n, v in c.coverage_fields.items())
+    return {
+        "score": float(scores[top]),
+        "margin": float(scores[top]) - second,
+        "lexical_problem": problem,
+        "semantic": float(c.semantic[top]),
+        "features": float(c.features[top]),
+        "coverage": coverage,
+    }
+
+
+def probability(inputs: dict[str, float], model: dict[str, Any]) -> float:
+    """A logistic model of weights.yaml (``confidence.answerable`` or ``confidence.confident``)."""
+    if not inputs:
+        return 0.0
+    z = float(model["bias"]) + sum(float(w) * inputs.get(name, 0.0) for name, w in model["coef"].items())
+    return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
+
+
+def why_not_confident(inputs: dict[str, float], settings: dict[str, Any], lexical_problem: float) -> str:
+    if lexical_problem <= 0 and inputs.get("semantic", 0) < float(settings.get("semantic_floor", 0.5)):
+        return "it shares only names (model, framework, GPU) with your report, not the problem"
+    if inputs.get("margin", 0) < float(settings.get("close_margin", 0.02)):
+        return "other cases score almost the same, so the evidence does not single it out"
+    return "the match is partial: add the error message, the numbers you saw and your settings"
 
 
 def search(
-    index: LoadedIndex, parsed: ParsedQuery, k: int = 5, filters: Filters = Filters(), weights: dict | None = None
+    index: LoadedIndex,
+    parsed: ParsedQuery,
+    k: int = 5,
+    filters: Filters = Filters(),
+    weights: dict | None = None,
+    embed: Embed | None = None,
 ) -> SearchOutcome:
-    """Rank the indexed cases; ``weights`` overrides the index's own (for ablations and tuning)."""
+    """Rank the indexed cases; ``weights`` overrides the index's own (ablations and tuning);
+    ``embed`` turns the query into its sentence vector (None: lexical and features only)."""
     weights = weights or index.weights
-    text_weight = float(weights["mix"]["text"])
-    threshold = float(weights["abstain"]["threshold"])
-    min_problem_text = float(weights["abstain"]["min_problem_text"])
-    text_hits = index.text_scores(parsed.tokens)
-    scored: list[Hit] = []
-    for i, text_hit in enumerate(text_hits):
-        if not _passes(index, i, filters):
-            continue
-        feature_total, feature_scores = combine(parsed.features, index.features[i], weights, index.lexicon)
-        text_part = text_weight * text_hit.score
-        score = text_part + float(weights["mix"]["features"]) * feature_total
-        confident = score >= threshold and text_hit.problem >= min_problem_text
+    query_vector = embed(semantic_query_text(parsed)) if embed is not None and index.vectors is not None else None
+    c = candidates(index, parsed, weights, query_vector=query_vector, filters=filters)
+    semantic_on = query_vector is not None
+    scores = final_scores(c, weights, semantic_on)
+    has_evidence = (c.lexical > 0) | (c.semantic > float(weights["semantic"].get("min_cosine", 0.0)))
+    order = np.array([j for j in np.lexsort((c.rows, -scores)) if has_evidence[j]], dtype=np.int64)
+    settings = weights["confidence"]
+    inputs = confidence_inputs(c, scores, order)
+    p_answerable = probability(inputs, settings["answerable"])
+    p_confident = probability(inputs, settings["confident"])
+    no_case = not len(order) or p_answerable < float(settings["answerable"]["threshold"])
+    threshold = float(settings["confident"]["threshold"])
+    top_confident = bool(not no_case and p_confident >= threshold and float(c.lexical_problem[order[0]]) > 0)
+    hits: list[Hit] = []
+    text_weight = float(weights["lexical"]["weight"])
+    top_terms = int(weights["explain"]["top_terms"])
+    for rank, j in enumerate(order[:k], start=1):
+        row = int(c.rows[j])
+        terms = matched_terms(index, c, row, top_terms)
         breakdown = TextBreakdown(
-            round(text_hit.score, 4), text_weight, round(text_part, 4), text_hit.terms, round(text_hit.problem, 4)
+            round(float(c.lexical[j]), 4), text_weight, round(text_weight * float(c.lexical[j]), 4), terms,
+            round(float(c.lexical_problem[j]), 4),
         )
-        scored.append(Hit(0, index.cases[i], score, confident, breakdown, feature_scores))
-    scored = [hit for hit in scored if hit.score > 0]  # sharing nothing with the query is not a candidate
-    scored.sort(key=lambda h: (-h.score, h.case_id))
-    top = scored[:k]
-    for rank, hit in enumerate(top, start=1):
-        hit.rank = rank
-    abstained = not top or not top[0].confident
-    confident_hits = [h for h in top if h.confident]
-    fixes = recommend_fixes(confident_hits, weights["fixes"], index.stopwords, index.cases_by_id) if not abstained else []
+        # Only the best result is judged by the model; the next ones are confident when they
+        # come close to it (same underlying problem told twice is common in the case base).
+        confident = top_confident and (rank == 1 or bool(scores[j] >= float(settings["follow_ratio"]) * scores[order[0]]))
+        hit = Hit(rank, index.document(row), float(scores[j]), confident, breakdown, c.feature_scores[j])
+        hit.semantic = round(float(c.semantic[j]), 4) if semantic_on else None
+        hit.semantic_weight = float(weights["semantic"]["weight"]) if semantic_on else 0.0
+        hit.feature_weight = float(weights["features"]["weight"])
+        hits.append(hit)
+    abstained = bool(not hits or no_case)
+    reason = None
+    if hits and not hits[0].confident:
+        reason = why_not_confident(inputs, settings, float(c.lexical_problem[order[0]]))
+    fix_sources = [h for h in hits if h.confident] or ([] if abstained else hits[:1])
+    fixes = [] if abstained else recommend_fixes(fix_sources, weights["fixes"], index.stopwords, index.document_by_id)
     return SearchOutcome(
         query=parsed.text,
         features=parsed.feature_summary(),
         unknown=parsed.unknown,
-        hits=top,
+        hits=hits,
         fixes=fixes,
         abstained=abstained,
         threshold=threshold,
         filters=filters.as_dict(),
         case_count=len(index),
+        confidence=round(p_confident, 4),
+        abstain_reason=reason,
     )
+
+
+def semantic_query_text(parsed: ParsedQuery) -> str:
+    """What the sentence encoder reads: the cleaned report when the parser made one."""
+    return getattr(parsed, "clean_text", None) or parsed.text

@@ -12,7 +12,10 @@ changed:
 * a database named with ``--db``/``KBQ_DB`` is never changed behind the
   user's back: kbq says when its schema is old or the bundled cases are newer;
 * the index is rebuilt when the database revision, the lexicon, the weights
-  or the stop words change.
+  or the stop words change; case embeddings are kept across rebuilds, so only
+  new or edited cases are embedded again.
+
+``KBQ_SEMANTIC=0`` switches the semantic stage off (lexical and features only).
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import DatabaseError, NotFoundError
-from .index import LoadedIndex, build_index, index_key, load_index, save_index
-from .paths import bundled_cases_dir, user_data_dir
+from .index import LoadedIndex, build_aside, index_key, key_name, load_index, remove_stale
+from .paths import bundled_cases_dir, user_cache_dir, user_data_dir
 from .querytext import validate_query
 from .results import SearchOutcome
 from .retriever import Filters, search
 
 DB_ENV = "KBQ_DB"
+SEMANTIC_ENV = "KBQ_SEMANTIC"
 DEFAULT_DB_NAME = "kbq.db"
 BUNDLED_FINGERPRINT_KEY = "bundled_fingerprint"
 BUNDLED_IDS_KEY = "bundled_ids"
@@ -67,6 +71,7 @@ class KnowledgeBase:
 
     db: str | None = None
     home: Path = field(default_factory=user_data_dir)
+    cache: Path = field(default_factory=user_cache_dir)
     notices: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -85,15 +90,36 @@ class KnowledgeBase:
         self._index: LoadedIndex | None = None
         self._bundled: str | None = None
         self._interaction_store = None
+        self._encoder = None
+        self.semantic = os.environ.get(SEMANTIC_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
         import threading
 
         self._rebuild = threading.Lock()
 
     # -- locations ---------------------------------------------------------------
     @property
-    def index_path(self) -> Path:
+    def index_parent(self) -> Path:
+        """Where this database's index directories live (one per index key)."""
         name = hashlib.sha256(self.url.encode()).hexdigest()[:16]
-        return self.home / "index" / f"{name}.json"
+        return self.home / "index" / name
+
+    def index_dir(self, key: dict[str, Any]) -> Path:
+        suffix = "" if self.semantic else "-lexical"
+        return self.index_parent / f"{key_name(key)}{suffix}"
+
+    def encoder(self):
+        """The sentence encoder (loaded on first use), or None when the stage is off."""
+        if not self.semantic:
+            return None
+        if self._encoder is None:
+            from .semantic import Encoder
+
+            self._encoder = Encoder(self.cache / "models")
+        return self._encoder
+
+    def embed(self, text: str):
+        encoder = self.encoder()
+        return None if encoder is None else encoder.encode([text])[0]
 
     def describe(self) -> str:
         from .db._common import mask_password
@@ -248,13 +274,22 @@ class KnowledgeBase:
         try:
             if self._index is not None and self._index.key == key:
                 return self._index
-            index = load_index(self.index_path)
+            directory = self.index_dir(key)
+            index = load_index(directory)
             if index is None or index.key != key:
+                from .semantic import VectorCache
+
                 with self._store() as store:
                     documents = [_document_with_times(stored) for stored in store.all()]
-                payload = build_index(documents, key)
-                save_index(payload, self.index_path)
-                index = LoadedIndex(payload)
+                encoder = self.encoder()
+                from .bundled_vectors import seed_for
+
+                cache = VectorCache(self.cache / "vectors" / encoder.name, seed=seed_for(encoder.name)) if encoder is not None else None
+                build_aside(documents, key, directory, encoder=encoder, vector_cache=cache)
+                index = load_index(directory)
+                if index is None:
+                    raise DatabaseError(f"{directory}: the index was built but cannot be read back")
+                remove_stale(self.index_parent, directory)
             self._index = index
             return index
         finally:
@@ -315,7 +350,7 @@ class KnowledgeBase:
             def delete(self, session_id: str) -> None:
                 kb._interactions().delete_session(session_id)
 
-        return ChatEngine(self.index, Sessions())
+        return ChatEngine(self.index, Sessions(), self._embedder)
 
     def readiness(self) -> dict[str, Any]:
         index = self.index()
@@ -330,7 +365,10 @@ class KnowledgeBase:
 
             raise QueryError(f"top-k must be between 1 and 100, got {k}")
         index = self.index()
-        return search(index, parse(text, index.lexicon, index.stopwords), k=k, filters=filters)
+        return search(index, parse(text, index.lexicon, index.stopwords), k=k, filters=filters, embed=self._embedder(index))
+
+    def _embedder(self, index: LoadedIndex):
+        return self.embed if index.semantic_model is not None and self.semantic else None
 
     def ranker(self, k: int = 10, weights: dict | None = None):
         """A function query -> (ranked case ids, abstained), for evaluation."""
@@ -339,7 +377,9 @@ class KnowledgeBase:
         index = self.index()
 
         def rank(query: str) -> tuple[list[str], bool]:
-            outcome = search(index, parse(validate_query(query), index.lexicon, index.stopwords), k=k, weights=weights)
+            outcome = search(
+                index, parse(validate_query(query), index.lexicon, index.stopwords), k=k, weights=weights, embed=self._embedder(index)
+            )
             return [hit.case_id for hit in outcome.hits], outcome.abstained
 
         return rank
@@ -348,7 +388,7 @@ class KnowledgeBase:
         from .evaluate import evaluate, load_queries, reference_map, select
 
         queries = select(load_queries(path), split)
-        return evaluate("kbq", self.ranker(k), queries, reference_map(self.index().cases))
+        return evaluate("kbq", self.ranker(k), queries, reference_map(self.index().all_documents()))
 
     def get(self, case_id: str) -> dict[str, Any]:
         self.ensure_ready()
@@ -371,22 +411,19 @@ class KnowledgeBase:
         return [d for d in documents if allowed is None or d["id"] in allowed]
 
     def stats(self) -> Stats:
-        from collections import Counter
-
         index = self.index()
         with self._store() as store:
             counts = store.counts()
             revision = store.revision()
-        cases = index.cases
         return Stats(
             url=self.describe(),
             counts=counts,
-            by_model_family=dict(Counter(c["model"].get("family") or "unknown" for c in cases).most_common()),
-            by_framework=dict(Counter(c["framework"]["name"] for c in cases).most_common()),
-            by_phase=dict(Counter(c.get("phase") or "unknown" for c in cases).most_common()),
-            by_language=dict(Counter(c["language"] for c in cases).most_common()),
+            by_model_family=index.counts["by_model_family"],
+            by_framework=index.counts["by_framework"],
+            by_phase=index.counts["by_phase"],
+            by_language=index.counts["by_language"],
             index_cases=len(index),
-            index_terms=len(index.terms),
+            index_terms=index.n_terms,
             revision=revision,
         )
 

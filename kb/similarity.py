@@ -7,6 +7,7 @@ Which similarity each feature uses, and every weight, comes from
   a model the case compares with, a library of the case's stack, or the same
   family earn the partial credit the weights give;
 * ``exact``: equal values or nothing;
+* ``overlap``: the share of the query's values the case also has (symptoms);
 * ``table``: equal values, else the credit listed for the pair;
 * ``log_ratio``: numbers close on a log scale: 1 when equal, 0 once they are
   ``span`` times apart, so loss 70 is near 70 and far from 1.8.
@@ -38,8 +39,16 @@ def log_ratio(a: float, b: float, span: float) -> float:
     return max(0.0, 1.0 - abs(math.log(a / b)) / math.log(span))
 
 
+_TABLES: dict[int, tuple[dict[str, Any], dict[frozenset, float]]] = {}
+
+
 def _pair_table(spec: dict[str, Any]) -> dict[frozenset, float]:
-    return {frozenset(pair.split("|")): float(value) for pair, value in (spec.get("table") or {}).items()}
+    """The pair table of a feature spec, built once per spec object (not once per case)."""
+    cached = _TABLES.get(id(spec))
+    if cached is None or cached[0] is not spec:
+        table = {frozenset(pair.split("|")): float(value) for pair, value in (spec.get("table") or {}).items()}
+        cached = _TABLES[id(spec)] = (spec, table)
+    return cached[1]
 
 
 def _concept_similarity(group: str, q: str, case: dict[str, Any], spec: dict[str, Any], lexicon: Lexicon) -> tuple[float, Any]:
@@ -79,6 +88,10 @@ def local_similarity(name: str, spec: dict[str, Any], query_values: list, case: 
         return best
     if not case_values:
         return 0.0, query_values, None
+    if kind == "overlap":
+        # Problem concepts (symptoms): the share of the query's that the case also shows.
+        common = [q for q in query_values if q in case_values]
+        return len(common) / len(query_values), query_values, common or case_values
     if kind == "exact":
         common = [q for q in query_values if q in case_values]
         return (1.0, common[0], common[0]) if common else (0.0, query_values, case_values)
@@ -103,14 +116,15 @@ def combine(query: dict[str, list], case: dict[str, Any], weights: dict[str, Any
     """Weighted feature similarity in [0, 1] and the per-feature breakdown.
 
     Each breakdown entry's ``contribution`` is its share of the final score
-    (already multiplied by the feature mix), so contributions add up.
+    (already multiplied by the features' weight in the mix), so contributions add up.
     """
-    specs: dict[str, dict[str, Any]] = weights["features"]
+    settings = weights["features"]
+    specs: dict[str, dict[str, Any]] = settings["specs"]
     present = [name for name in specs if query.get(name)]
     if not present:
         return 0.0, []
-    denominator = sum(specs[name]["weight"] for name in present) + float(weights.get("feature_prior", 0.0))
-    mix = float(weights["mix"]["features"])
+    denominator = sum(specs[name]["weight"] for name in present) + float(settings.get("prior", 0.0))
+    mix = float(settings["weight"])
     scores: list[FeatureScore] = []
     total = 0.0
     for name in present:

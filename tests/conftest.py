@@ -15,6 +15,20 @@ from kb.models import Case
 PG_ENV = "KBQ_TEST_DB_URL"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One kbq cache (sentence-model copy, case embeddings) for the whole run, never the user's:
+    the bundled cases are embedded once, not once per test home. Child processes inherit it."""
+    path = tmp_path_factory.mktemp("kbq-cache")
+    previous = os.environ.get("KBQ_CACHE_DIR")
+    os.environ["KBQ_CACHE_DIR"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("KBQ_CACHE_DIR", None)
+    else:
+        os.environ["KBQ_CACHE_DIR"] = previous
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     """A SQLite file that does not exist yet (kbq creates it)."""

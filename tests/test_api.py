@@ -675,7 +675,7 @@ def _has_cjk(text: str) -> bool:
 
 
 def test_chat_english_asks_then_answers(api: httpx.Client) -> None:
-    first = _chat(api, "my gemma3 loss is weird, way too high")
+    first = _chat(api, "my gemma 3 loss looks wrong, far too high")
     question = first["question"]
     assert question is not None, first["reply"]
     assert question["feature"] and question["options"]
@@ -689,8 +689,15 @@ def test_chat_english_asks_then_answers(api: httpx.Client) -> None:
     assert GEMMA_CASE in second["reply"]
 
 
+def test_chat_answers_at_once_when_sure(api: httpx.Client) -> None:
+    """A report specific enough for a confident answer gets it without a question."""
+    first = _chat(api, "gemma3 loss 70 zero3")
+    assert first["question"] is None
+    assert first["cases"][0]["id"] == GEMMA_CASE and GEMMA_CASE in first["reply"]
+
+
 def test_chat_chinese_asks_then_answers(api: httpx.Client) -> None:
-    first = _chat(api, "我的 gemma3 loss 很奇怪，特别高")
+    first = _chat(api, "我的 gemma3 loss 不正常")
     question = first["question"]
     assert question is not None, first["reply"]
     assert first["language"] == "zh"
@@ -702,7 +709,7 @@ def test_chat_chinese_asks_then_answers(api: httpx.Client) -> None:
 
 
 def test_chat_answer_by_option_number(api: httpx.Client) -> None:
-    first = _chat(api, "my gemma3 loss is weird, way too high")
+    first = _chat(api, "my gemma 3 loss looks wrong, far too high")
     number = first["question"]["options"].index("llama-factory") + 1
     second = _chat(api, str(number), first["session_id"])
     assert second["cases"][0]["id"] == GEMMA_CASE
@@ -711,7 +718,7 @@ def test_chat_answer_by_option_number(api: httpx.Client) -> None:
 def test_chat_session_accumulates_across_requests(server: Server) -> None:
     session_id = f"test-session-{uuid.uuid4().hex[:8]}"
     with httpx.Client(base_url=server.url, timeout=30) as one:
-        first = _chat(one, "my gemma3 loss is weird, way too high", session_id)
+        first = _chat(one, "my gemma 3 loss looks wrong, far too high", session_id)
     assert first["session_id"] == session_id
     assert "gemma-3" in json.dumps(first["features"])
     with httpx.Client(base_url=server.url, timeout=30) as other:  # a new connection: the state is in the database
@@ -726,8 +733,8 @@ def test_chat_session_accumulates_across_requests(server: Server) -> None:
 
 
 @pytest.mark.parametrize("vague,answer,reset", [
-    ("my gemma3 loss is weird, way too high", "llama-factory", "start over"),
-    ("我的 gemma3 loss 很奇怪，特别高", "用的 llama-factory", "重新开始"),
+    ("my gemma 3 loss looks wrong, far too high", "llama-factory", "start over"),
+    ("我的 gemma3 loss 不正常", "用的 llama-factory", "重新开始"),
 ])
 def test_chat_reset_starts_over(api: httpx.Client, vague: str, answer: str, reset: str) -> None:
     first = _chat(api, vague)
@@ -792,7 +799,7 @@ def test_openai_streaming_equals_the_completion(openai_client) -> None:
 
 def test_openai_two_turns(openai_client) -> None:
     messages = [{"role": "system", "content": "You are a helpful assistant."},
-                {"role": "user", "content": "my gemma3 loss is weird, way too high"}]
+                {"role": "user", "content": "my gemma 3 loss looks wrong, far too high"}]
     first = openai_client.chat.completions.create(model="kbq", messages=messages).choices[0].message.content
     assert "?" in first  # it asks which framework
     messages += [{"role": "assistant", "content": first}, {"role": "user", "content": "llama-factory"}]

@@ -127,3 +127,146 @@ def test_chinese_bigrams_split_at_stopwords(lexicon, stopwords):
 def test_suffix_folding(words, stem):
     assert {fold_suffix(w) for w in words} == {stem}
     assert fold_suffix("deepspeed") == "deepspeed"
+
+
+# -- pasted reports: what must not be read as a setting --------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'File "/opt/conda/lib/python3.10/site-packages/...", line 12',
+        'File "/opt/conda/lib/python3.10/site-packages/deepspeed/runtime/zero/stage3.py", line 1871, in step',
+        r"C:\tools\miniconda3\envs\qwen\lib\site-packages\peft\tuners\lora\model.py:301",
+        "  File \"/home/u/venv/lib/python3.12/site-packages/transformers/models/llama/modeling_llama.py\", line 40",
+    ],
+)
+def test_file_paths_give_no_features(text, lexicon, stopwords):
+    parsed = parse(text, lexicon, stopwords)
+    assert parsed.features == {}
+    assert not any(t.startswith(("model:", "framework:", "family:")) for t in parsed.tokens)
+
+
+def test_model_ids_and_model_directories_still_count(lexicon, stopwords):
+    assert "qwen2" in features("finetuning Qwen/Qwen2-7B-Instruct with lora", lexicon, stopwords)["model"]
+    assert features("loading /mnt/weights/gemma-3-4b fails", lexicon, stopwords)["model"] == ["gemma-3"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[Rank 3] NCCL timeout after 1800 seconds",
+        "[rank3]: RuntimeError: NCCL communicator was aborted",
+        "[rank7]:[E ProcessGroupNCCL.cpp:563] Watchdog caught collective operation timeout",
+        "the job hangs on rank 4 while the others wait",
+        "local_rank=2 exited with code 1",
+        "process rank 3/8 never reaches the barrier",
+        "rank 0 saves the checkpoint",
+    ],
+)
+def test_process_ranks_are_not_lora_ranks(text, lexicon, stopwords):
+    assert "lora_rank" not in features(text, lexicon, stopwords)
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [("lora rank 64, alpha 16", [64]), ("rank 16 alpha 32", [16]), ("lora_r: 8", [8]), ("lora_rank=12", [12])],
+)
+def test_lora_ranks_are_still_read(text, expected, lexicon, stopwords):
+    assert features(text, lexicon, stopwords)["lora_rank"] == expected
+
+
+@pytest.mark.parametrize(
+    "text,losses",
+    [
+        ("loss 从 2.3 降到 0.01", [2.3, 0.01]),
+        ("the loss fell to 0.05 within 100 steps", [0.05]),
+        ("{'loss': 0.0231, 'grad_norm': 0.07, 'learning_rate': 1.5e-05, 'epoch': 0.4}", [0.0231]),
+        ("loss 2.3 lr 0.01", [2.3]),
+    ],
+)
+def test_loss_values_are_not_learning_rates(text, losses, lexicon, stopwords):
+    found = features(text, lexicon, stopwords)
+    assert found.get("loss") == losses
+    assert not set(found.get("learning_rate", [])) & set(losses)
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("lr 0.01 is far too high", [0.01]),
+        ("loss 2.3 lr 0.01", [0.01]),
+        ("learning_rate: 1e-05", [1e-05]),
+        ("学习率 2e-5, loss 一直是 3.1", [2e-05]),
+        ("weight_decay: 0.01, warmup_ratio: 0.03, lr=[3e-05]", [3e-05]),
+        ("adam eps=1e-08 and dropout 0.05", []),
+        ("accelerate 0.0.1 and xformers 0.0.28", []),
+    ],
+)
+def test_learning_rates(text, expected, lexicon, stopwords):
+    assert features(text, lexicon, stopwords).get("learning_rate", []) == expected
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("4x3090", [4]),
+        ("4 x RTX 3090", [4]),
+        ("2 x NVIDIA A100", [2]),
+        ("GPU number: 8", [8]),
+        ("- GPU number: 8\n- GPU type: A800", [8]),
+        ("8 GPUs", [8]),
+        ("num_gpus=8", [8]),
+        ("nproc_per_node=8", [8]),
+        ("torchrun --nproc_per_node 4 train.py", [4]),
+        ("CUDA_VISIBLE_DEVICES=0,1,2,3 python train.py", [4]),
+    ],
+)
+def test_gpu_counts_in_report_notation(text, expected, lexicon, stopwords):
+    assert features(text, lexicon, stopwords)["gpu_count"] == expected
+
+
+def test_version_numbers_are_not_gpu_counts(lexicon, stopwords):
+    assert "gpu_count" not in features("transformers 4.40 on a 3090", lexicon, stopwords)
+
+
+TEMPLATE = """\
+### Reminder
+
+- [X] I have read the README and searched the existing issues.
+
+### System Info
+
+_No response_
+
+### Reproduction
+
+{body}
+
+### Expected behavior
+
+_No response_
+
+### Others
+
+_No response_
+"""
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["gemma3 loss 70 with zero3 on 2 cards", "预训练 loss 停在 2.8 不降，学习率 1e-4"],
+)
+def test_issue_template_is_not_text(body, lexicon, stopwords):
+    pasted = parse(TEMPLATE.format(body=body), lexicon, stopwords)
+    alone = parse(body, lexicon, stopwords)
+    assert pasted.tokens == alone.tokens
+    assert pasted.features == alone.features
+    assert pasted.unknown == alone.unknown
+
+
+def test_parsed_text_is_the_original(lexicon, stopwords):
+    report = "[rank0]: loss is nan\n" + 'File "/opt/x/y.py", line 1'
+    parsed = parse(report, lexicon, stopwords)
+    assert parsed.text == report
+    assert "[rank0]" not in parsed.clean_text and "/opt" not in parsed.clean_text

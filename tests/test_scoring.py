@@ -29,7 +29,7 @@ def test_log_ratio_is_scale_free():
 
 
 def test_model_family_gets_partial_credit(lexicon, weights):
-    spec = weights["features"]["model"]
+    spec = weights["features"]["specs"]["model"]
     case = {"model": ["gemma-3"], "model_family": "gemma", "model_also": ["llama-3"]}
     exact, _, _ = local_similarity("model", spec, ["gemma-3"], case, lexicon)
     family, _, _ = local_similarity("model", spec, ["gemma-2"], case, lexicon)
@@ -40,20 +40,20 @@ def test_model_family_gets_partial_credit(lexicon, weights):
 
 
 def test_parent_model_credit(lexicon, weights):
-    spec = weights["features"]["model"]
+    spec = weights["features"]["specs"]["model"]
     case = {"model": ["chinese-llama-2"], "model_family": "llama"}
     sim, _, _ = local_similarity("model", spec, ["llama-2"], case, lexicon)
     assert sim == spec["parent"]
 
 
 def test_table_similarity(lexicon, weights):
-    spec = weights["features"]["finetuning"]
+    spec = weights["features"]["specs"]["finetuning"]
     sim, _, _ = local_similarity("finetuning", spec, ["qlora"], {"finetuning": ["lora"]}, lexicon)
     assert sim == spec["table"]["lora|qlora"]
 
 
 def test_loss_near_seventy_not_near_two(lexicon, weights):
-    spec = weights["features"]["loss"]
+    spec = weights["features"]["specs"]["loss"]
     near, _, _ = local_similarity("loss", spec, [70.0], {"loss": [70.0, 10.0]}, lexicon)
     far, _, _ = local_similarity("loss", spec, [70.0], {"loss": [1.8]}, lexicon)
     assert near == 1.0 and far == 0.0
@@ -63,11 +63,28 @@ def test_contributions_add_up(lexicon, weights):
     query = {"model": ["gemma-3"], "zero_stage": [3], "loss": [70.0], "precision": ["fp16"]}
     case = {"model": ["gemma-3"], "model_family": "gemma", "zero_stage": [3], "loss": [70.0]}
     total, parts = combine(query, case, weights, lexicon)
-    assert sum(p.contribution for p in parts) == pytest.approx(weights["mix"]["features"] * total, abs=1e-3)
+    assert sum(p.contribution for p in parts) == pytest.approx(weights["features"]["weight"] * total, abs=1e-3)
     by_name = {p.name: p for p in parts}
     assert by_name["precision"].similarity == 0  # the case does not state it: no credit
     assert by_name["model"].contribution > by_name["zero_stage"].contribution  # model weighs more
     assert 0 < total < 1  # the prior keeps even a perfect match short of 1
+
+
+def test_symptoms_count_by_overlap(lexicon, weights):
+    spec = weights["features"]["specs"]["symptom"]
+    case = {"symptom": ["loss-nan", "oom"]}
+    both, _, _ = local_similarity("symptom", spec, ["loss-nan", "oom"], case, lexicon)
+    half, _, _ = local_similarity("symptom", spec, ["loss-nan", "hang"], case, lexicon)
+    none, _, _ = local_similarity("symptom", spec, ["hang"], case, lexicon)
+    assert (both, half, none) == (1.0, 0.5, 0.0)
+
+
+def test_problem_evidence_outweighs_names(weights):
+    specs = weights["features"]["specs"]
+    assert specs["symptom"]["weight"] > specs["model"]["weight"] > specs["accelerator"]["weight"]
+    assert specs["loss"]["weight"] > specs["framework"]["weight"]
+    groups = weights["lexical"]["query_groups"]
+    assert groups["symptom"] > groups["model"] and groups["symptom"] > groups["framework"]
 
 
 def test_no_features_no_feature_score(lexicon, weights):

@@ -1,0 +1,88 @@
+"""Approximate nearest neighbours for the case vectors: an inverted-file (IVF) index.
+
+Below a few thousand cases a query simply multiplies the case-vector matrix
+(exact, and faster than any index). Above ``min_cases`` a scan of every vector
+would make the semantic stage cost grow with the case base (100k cases x 512
+floats is 200 MB read per query), so the vectors are clustered with k-means
+and stored list by list: a query scores the centroids, opens the ``nprobe``
+closest lists and reads only their vectors. The lexical stage's own candidates
+are always rescored exactly, so a case that BM25 finds is never lost to the
+approximation; the IVF only decides which *other* cases the meaning of the
+query brings in.
+
+Files: ``ivf_centroids.npy`` (lists x dim), ``ivf_offsets.npy`` (lists + 1),
+``ivf_rows.npy`` (case rows ordered list by list), ``ivf_vectors.npy`` (the
+vectors in that order, so a list is one contiguous slice).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def kmeans(vectors: np.ndarray, k: int, iterations: int = 8, sample: int = 40000, seed: int = 7) -> np.ndarray:
+    """Spherical k-means (cosine) on a sample; returns unit-length centroids."""
+    rng = np.random.default_rng(seed)
+    data = vectors if len(vectors) <= sample else vectors[rng.choice(len(vectors), sample, replace=False)]
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    centroids = data[rng.choice(len(data), k, replace=False)].copy()
+    for _ in range(iterations):
+        assign = np.argmax(data @ centroids.T, axis=1)
+        sums = np.zeros_like(centroids)
+        np.add.at(sums, assign, data)
+        counts = np.bincount(assign, minlength=k)
+        empty = counts == 0
+        if empty.any():  # reseed empty clusters with random points
+            sums[empty] = data[rng.choice(len(data), int(empty.sum()), replace=False)]
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        centroids = sums / np.where(norms == 0, 1.0, norms)
+    return centroids.astype(np.float32)
+
+
+def build_ivf(vectors: np.ndarray, directory: Path, lists: int | None = None) -> None:
+    n = len(vectors)
+    k = lists or max(1, int(4 * np.sqrt(n)))
+    centroids = kmeans(vectors, k)
+    assign = np.empty(n, dtype=np.int64)
+    for start in range(0, n, 8192):  # assign in blocks to bound memory
+        block = np.asarray(vectors[start : start + 8192], dtype=np.float32)
+        assign[start : start + len(block)] = np.argmax(block @ centroids.T, axis=1)
+    order = np.argsort(assign, kind="stable")
+    offsets = np.zeros(k + 1, dtype=np.int64)
+    np.cumsum(np.bincount(assign, minlength=k), out=offsets[1:])
+    np.save(directory / "ivf_centroids.npy", centroids)
+    np.save(directory / "ivf_offsets.npy", offsets)
+    np.save(directory / "ivf_rows.npy", order.astype(np.int32))
+    np.save(directory / "ivf_vectors.npy", np.asarray(vectors, dtype=np.float32)[order])
+
+
+class IVF:
+    def __init__(self, directory: Path):
+        self.centroids = np.load(directory / "ivf_centroids.npy")
+        self.offsets = np.load(directory / "ivf_offsets.npy")
+        self.rows = np.load(directory / "ivf_rows.npy", mmap_mode="r")
+        self.vectors = np.load(directory / "ivf_vectors.npy", mmap_mode="r")
+
+    @staticmethod
+    def exists(directory: Path) -> bool:
+        return (directory / "ivf_centroids.npy").exists()
+
+    def search(self, query: np.ndarray, nprobe: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and cosines of the (approximately) ``limit`` nearest case vectors."""
+        nearest = np.argsort(-(self.centroids @ query))[:nprobe]
+        rows, sims = [], []
+        for lst in nearest:
+            start, end = int(self.offsets[lst]), int(self.offsets[lst + 1])
+            if end > start:
+                sims.append(self.vectors[start:end] @ query)
+                rows.append(self.rows[start:end])
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        rows_all = np.concatenate(rows).astype(np.int64)
+        sims_all = np.concatenate(sims).astype(np.float64)
+        if len(rows_all) > limit:
+            keep = np.argpartition(-sims_all, limit - 1)[:limit]
+            rows_all, sims_all = rows_all[keep], sims_all[keep]
+        return rows_all, sims_all

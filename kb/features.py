@@ -42,8 +42,11 @@ def _concept(lexicon: Lexicon, group: str, value: Any) -> str | None:
     return lexicon.resolve(group, text) or normalize(text).strip()
 
 
-def case_features(doc: dict[str, Any], lexicon: Lexicon) -> dict[str, Any]:
-    """Feature values of one case document (see ``kb.models.Case.to_document``)."""
+def case_features(doc: dict[str, Any], lexicon: Lexicon, symptoms: list[str] | None = None) -> dict[str, Any]:
+    """Feature values of one case document (see ``kb.models.Case.to_document``).
+
+    ``symptoms`` may carry the symptom concepts the caller already found in the case's
+    title, symptom, tags and user phrasing (the index build has them from tokenizing)."""
     model, framework = doc["model"], doc["framework"]
     config: dict[str, Any] = doc.get("config", {})
     hardware: dict[str, Any] = doc.get("hardware", {})
@@ -106,9 +109,11 @@ def case_features(doc: dict[str, Any], lexicon: Lexicon) -> dict[str, Any]:
     prose = normalize(f"{doc['title']}\n{doc['symptom']}")
     prose_matches = lexicon.find(prose)
     from_prose = extract_features(prose, prose_matches, lexicon)
-    phrasing = doc.get("user_phrasing") or {}
-    told = normalize("\n".join([prose, " ".join(doc.get("tags", [])), phrasing.get("en", ""), phrasing.get("zh", ""), *phrasing.get("queries", [])]))
-    feats["symptom"] = sorted({m.concept for m in lexicon.find(told) if m.group == "symptom"})
+    if symptoms is None:
+        phrasing = doc.get("user_phrasing") or {}
+        told = normalize("\n".join([prose, " ".join(doc.get("tags", [])), phrasing.get("en", ""), phrasing.get("zh", ""), *phrasing.get("queries", [])]))
+        symptoms = [m.concept for m in lexicon.find(told) if m.group == "symptom"]
+    feats["symptom"] = sorted(set(symptoms))
     for name, values in from_prose.items():
         if name == "model":
             continue  # the model field is authoritative; prose often names comparison models

@@ -188,7 +188,11 @@ def build_index(
     for doc in reviewed:
         texts = case_fields(doc)
         fields_tokens.append({name: tokenize(texts[name], lexicon, stopwords) for name in field_b})
-    features = [case_features(d, lexicon) for d in reviewed]
+    told = ("title", "symptom", "tags", "phrasing", "queries")
+    features = [
+        case_features(d, lexicon, [t[8:] for name in told for t in tokens.get(name, ()) if t.startswith("symptom:")])
+        for d, tokens in zip(reviewed, fields_tokens)
+    ]
     facets: dict[str, list[int]] = {}
     for row, (doc, feats) in enumerate(zip(reviewed, features)):
         for term in facet_terms(doc, feats):

@@ -133,6 +133,11 @@ class Lexicon:
         self._ascii: dict[str, list[list[str]]] = compiled["ascii"]
         self._cjk: dict[str, list[list[str]]] = compiled["cjk"]
         self._max_words: int = compiled["max_words"]
+        # Every leading run of words of an alias ('gemma', 'gemma 3'): a scan stops extending
+        # as soon as the words so far begin no alias.
+        self._prefixes: frozenset[str] = frozenset(
+            " ".join(words[:n]) for words in (key.split(" ") for key in self._ascii) for n in range(1, len(words) + 1)
+        )
         self._cue_patterns = {name: _cue_pattern(spec) for name, spec in compiled["cues"].items()}
         self._automaton = None
 
@@ -161,12 +166,19 @@ class Lexicon:
         """All concept matches in normalized text; longest wins where spans overlap."""
         candidates: list[tuple[int, int, list[list[str]]]] = []
         words = [(m.group(), m.start(), m.end()) for m in _ASCII_WORD.finditer(norm)]
+        prefixes = self._prefixes
         for i in range(len(words)):
+            key = words[i][0]
+            if key not in prefixes:  # most words start no alias: one set look-up and on
+                continue
             end_limit = min(len(words), i + self._max_words)
             for j in range(i, end_limit):
-                if j > i and not _JOINER.fullmatch(norm[words[j - 1][2] : words[j][1]]):
-                    break
-                key = " ".join(w[0] for w in words[i : j + 1])
+                if j > i:
+                    if not _JOINER.fullmatch(norm[words[j - 1][2] : words[j][1]]):
+                        break
+                    key = f"{key} {words[j][0]}"
+                    if key not in prefixes:
+                        break
                 targets = self._ascii.get(key)
                 if targets and not _cuts_number(norm, words[j][2]):
                     candidates.append((words[i][1], words[j][2], targets))

@@ -289,7 +289,9 @@ def probability(inputs: dict[str, float], model: dict[str, Any]) -> float:
     return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
 
 
-def why_not_confident(inputs: dict[str, float], settings: dict[str, Any], lexical_problem: float) -> str:
+def why_not_confident(inputs: dict[str, float], settings: dict[str, Any], lexical_problem: float, lexical: float = 1.0) -> str:
+    if lexical <= 0:
+        return "no case shares the words of your report; the nearest ones are only loosely alike in meaning"
     if lexical_problem <= 0 and inputs.get("semantic", 0) < float(settings.get("semantic_floor", 0.5)):
         return "it shares only names (model, framework, GPU) with your report, not the problem"
     if inputs.get("margin", 0) < float(settings.get("close_margin", 0.02)):
@@ -343,7 +345,7 @@ def search(
     abstained = bool(not hits or no_case)
     reason = None
     if hits and not hits[0].confident:
-        reason = why_not_confident(inputs, settings, float(c.lexical_problem[order[0]]))
+        reason = why_not_confident(inputs, settings, float(c.lexical_problem[order[0]]), float(c.lexical[order[0]]))
     fix_sources = [h for h in hits if h.confident] or ([] if abstained else hits[:1])
     fixes = [] if abstained else recommend_fixes(fix_sources, weights["fixes"], index.stopwords, index.document_by_id)
     return SearchOutcome(

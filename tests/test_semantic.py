@@ -26,7 +26,7 @@ def reference() -> np.ndarray:
 def test_cached_loader_matches_the_package(tmp_path, reference):
     first = Encoder(tmp_path)
     got = first.encode(TEXTS)  # loads the package and writes the mappable copy
-    assert (tmp_path / first.name / "complete").exists()
+    assert (first._model_dir() / "complete").exists()
     again = Encoder(tmp_path).encode(TEXTS)  # loads from the copy
     assert got.shape == again.shape == (len(TEXTS), DIM)
     assert np.allclose(got, reference, atol=1e-5)
@@ -36,8 +36,9 @@ def test_cached_loader_matches_the_package(tmp_path, reference):
 def test_damaged_cache_falls_back_to_the_package(tmp_path, reference):
     encoder = Encoder(tmp_path)
     encoder.encode(TEXTS[:1])
-    (tmp_path / encoder.name / "normalizer.pickle").write_bytes(b"not a pickle")
+    (encoder._model_dir() / "normalizer.pickle").write_bytes(b"not a pickle")
     assert np.allclose(Encoder(tmp_path).encode(TEXTS), reference, atol=1e-5)
+    assert (encoder._model_dir() / "normalizer.pickle").read_bytes() != b"not a pickle"  # the copy was rewritten
 
 
 def test_chinese_and_english_meet(reference):

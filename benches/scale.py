@@ -558,6 +558,12 @@ def worker_bm25s_query(args: dict[str, Any]) -> dict[str, Any]:
         docs, scores = retriever.retrieve([tokens], k=k, show_progress=False, n_threads=1)
         return [ids[int(d)] for d, s in zip(docs[0], scores[0]) if s > 0]
 
+    times, kinds, ranked = _timed_queries(run, queries)
+    return {"load_seconds": load, "latency": latency_summary(times, kinds), "recall": recall(ranked, queries), "memory": memory_mb()}
+
+
+def _timed_queries(run, queries: list[dict[str, Any]]) -> tuple[list[float], list[str], list[list[str]]]:
+    """Run every query once after one warm-up query: per-query seconds, kinds and rankings."""
     run(COLD_QUERY)
     times, kinds, ranked = [], [], []
     for q in queries:
@@ -565,7 +571,7 @@ def worker_bm25s_query(args: dict[str, Any]) -> dict[str, Any]:
         ranked.append(run(q["text"]))
         times.append(time.perf_counter() - start)
         kinds.append(q["kind"])
-    return {"load_seconds": load, "latency": latency_summary(times, kinds), "recall": recall(ranked, queries), "memory": memory_mb()}
+    return times, kinds, ranked
 
 
 def _fts_match(text: str) -> str | None:
@@ -597,13 +603,7 @@ def worker_fts_query(args: dict[str, Any]) -> dict[str, Any]:
         match = _fts_match(text)
         return [] if match is None else [r[0] for r in conn.execute(sql, (match,)).fetchall()]
 
-    run(COLD_QUERY)
-    times, kinds, ranked = [], [], []
-    for q in queries:
-        start = time.perf_counter()
-        ranked.append(run(q["text"]))
-        times.append(time.perf_counter() - start)
-        kinds.append(q["kind"])
+    times, kinds, ranked = _timed_queries(run, queries)
     return {"latency": latency_summary(times, kinds), "recall": recall(ranked, queries), "memory": memory_mb()}
 
 

@@ -19,8 +19,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List, Optional
 
-import click
-import typer
+from kb.runtime import prefer_one_blas_thread
+
+prefer_one_blas_thread()  # before anything imports numpy
+
+import click  # noqa: E402
+import typer  # noqa: E402
 from typer.core import TyperGroup
 
 from kb import __version__

@@ -385,16 +385,19 @@ def build_aside(documents: Sequence[dict[str, Any]], key: dict[str, Any], final:
 
 
 def remove_stale(parent: Path, keep: Path, build_grace_seconds: float = 3600.0) -> None:
-    """Delete other index directories, and leftovers of killed builds once they are old enough
-    not to be a build still running in another process. Processes that mapped a deleted index
-    keep reading it (POSIX keeps unlinked files alive while mapped)."""
+    """Delete the index directories of other keys, and leftovers of killed builds once they are
+    old enough not to be a build still running in another process. The other variant of the
+    same key (with or without the semantic stage) stays: both describe the current cases.
+    Processes that mapped a deleted index keep reading it (POSIX keeps unlinked files alive
+    while mapped)."""
     import time
 
     if not parent.is_dir():
         return
     now = time.time()
+    same_key = keep.name.split("-")[0]
     for entry in parent.iterdir():
-        if entry == keep or not entry.is_dir():
+        if entry == keep or not entry.is_dir() or entry.name.split("-")[0] == same_key:
             continue
         if entry.name.startswith(".build-"):
             try:

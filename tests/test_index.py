@@ -110,6 +110,16 @@ def test_build_aside_leaves_one_complete_directory(tmp_path, documents):
     assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["key1"]
 
 
+def test_other_variant_of_the_same_key_is_kept(tmp_path, documents):
+    """Switching KBQ_SEMANTIC on and off must not make each mode delete the other's index."""
+    final = tmp_path / "idx" / "key1"
+    build_aside(documents[:5], index_key("x"), final)
+    build_aside(documents[:5], index_key("x"), tmp_path / "idx" / "key1-lexical")
+    build_aside(documents[:3], index_key("y"), tmp_path / "idx" / "key0-lexical")
+    remove_stale(tmp_path / "idx", final)
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["key1", "key1-lexical"]
+
+
 @pytest.mark.parametrize("damage", ["missing", "empty", "garbage", "other-format"])
 def test_unusable_index_is_ignored(tmp_path, documents, damage):
     directory = tmp_path / "i"

@@ -63,9 +63,11 @@ class FeatureScore(BaseModel):
 
 
 class SemanticScore(BaseModel):
-    cosine: float
+    cosine: float = Field(description="cosine of the query and the case embedding (mean of the case's texts)")
     weight: float
-    contribution: float
+    best_text_cosine: float = Field(description="cosine of the query and the case's closest single text")
+    best_text_weight: float
+    contribution: float = Field(description="weight * cosine + best_text_weight * best_text_cosine")
 
 
 class Breakdown(BaseModel):

@@ -175,7 +175,8 @@ def main() -> None:
     parser.add_argument("reports", nargs="?", type=Path, default=DEFAULT_REPORTS)
     parser.add_argument("--home", type=Path, help="kbq data directory to reuse (model and vector caches)")
     args = parser.parse_args()
-    kb = KnowledgeBase(home=args.home or Path(tempfile.mkdtemp(prefix="kbq-compare-")))
+    # every field indexed, as in benches/fit_weights.py, so the cross-validated fit may use any
+    kb = KnowledgeBase(home=args.home or Path(tempfile.mkdtemp(prefix="kbq-compare-")), every_field=True)
     index = kb.index()
     reports, ids = collect(kb, args.reports)
     docs = [index.document(i) for i in range(len(index))]
@@ -183,14 +184,16 @@ def main() -> None:
     fields = weights["lexical"]["fields"]
     lexical_total = sum(float(f["weight"]) for f in fields.values()) or 1.0
     shipped = {f"field:{name}": float(weights["lexical"]["weight"]) * float(spec["weight"]) / lexical_total for name, spec in fields.items()}
-    shipped.update(semantic=float(weights["semantic"]["weight"]), features=float(weights["features"]["weight"]))
+    shipped.update(semantic=float(weights["semantic"]["weight"]), semantic_best=float(weights["semantic"].get("best_weight", 0.0)),
+                   features=float(weights["features"]["weight"]))
 
     print(f"{args.reports.name}: {len(reports)} reports ({sum(r.answerable for r in reports)} answerable), {len(ids)} cases")
     print(f"{'ranker':<22} {'MRR':>6} {'zh':>6} {'en':>6} {'R@1':>6} {'R@3':>6} {'none abst.':>10} {'conf. right':>12}")
     m, abstain, precision = kbq_row(reports, ids, shipped, weights["confidence"])
     print_row("kbq (shipped)", m, abstain, precision)
     ablations = {
-        "kbq -semantic": {"semantic": 0.0},
+        "kbq -semantic": {"semantic": 0.0, "semantic_best": 0.0},
+        "kbq -best-text cosine": {"semantic_best": 0.0},
         "kbq -lexical": {k: 0.0 for k in shipped if k.startswith("field:")},
         "kbq -features": {"features": 0.0},
         "kbq -phrasing field": {"field:phrasing": 0.0},

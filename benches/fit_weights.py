@@ -2,8 +2,8 @@
 
 What is fitted (and nothing else):
 
-* the mix: the weight of each lexical field, ``semantic.weight`` and
-  ``features.weight``, by coordinate ascent on MRR (a few sweeps over a grid,
+* the mix: the weight of each lexical field, ``semantic.weight``,
+  ``semantic.best_weight`` and ``features.weight``, by coordinate ascent on MRR (a few sweeps over a grid,
   one weight at a time), starting from equal weights;
 * two logistic models over the top result's evidence (score, margin to the
   second, problem-text share, cosine, feature similarity):
@@ -46,7 +46,7 @@ DEFAULT_REPORTS = ROOT.parent / "shared" / "eval" / "real_reports.jsonl"
 EXTRA_TRAINING = [ROOT.parent / "shared" / "eval" / "dev_queries.jsonl", ROOT / "tests" / "eval_queries.jsonl"]
 GRID = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5]
 SWEEPS = 3
-INPUTS = ("score", "margin", "lexical_problem", "semantic", "features", "coverage")
+INPUTS = ("score", "margin", "lexical_problem", "semantic", "semantic_best", "features", "coverage")
 
 
 @dataclass
@@ -85,16 +85,16 @@ def collect(kb: KnowledgeBase, path: Path) -> tuple[list[Report], list[str]]:
     return reports, list(index.ids)
 
 
-Mix = dict  # {"field:<name>": w, "semantic": w, "features": w}
+Mix = dict  # {"field:<name>": w, "semantic": w, "semantic_best": w, "features": w}
 
 
 def mix_names(fields: list[str]) -> list[str]:
-    return [f"field:{name}" for name in fields] + ["semantic", "features"]
+    return [f"field:{name}" for name in fields] + ["semantic", "semantic_best", "features"]
 
 
 def scores(report: Report, mix: Mix) -> np.ndarray:
     c = report.evidence
-    total = mix["semantic"] * c.semantic + mix["features"] * c.features
+    total = mix["semantic"] * c.semantic + mix["semantic_best"] * c.semantic_best + mix["features"] * c.features
     for name, values in c.fields.items():
         total = total + mix[f"field:{name}"] * values
     return total
@@ -300,7 +300,7 @@ def main() -> None:
                         help="floor of features.weight: the MRR surface is flat, and without a floor the search may leave "
                              "exact model/framework matches too little say to break ties between sibling cases")
     args = parser.parse_args()
-    kb = KnowledgeBase(home=args.home or Path(tempfile.mkdtemp(prefix="kbq-fit-")))
+    kb = KnowledgeBase(home=args.home or Path(tempfile.mkdtemp(prefix="kbq-fit-")), every_field=True)
     reports, ids = collect(kb, args.reports)
     extra = prepare(kb, args.min_features)
     print(f"{args.reports.name}: {len(reports)} reports, {len(ids)} cases, {args.folds}-fold cross-validation; "
@@ -314,7 +314,8 @@ def main() -> None:
           f"answerable abstained {int((abstained & answerable).sum())}/{int(answerable.sum())} (training data, not a test)")
     print("\nfit on all reports (for kb/data/weights.yaml):")
     lexical = sum(v for k, v in fitted.mix.items() if k.startswith("field:"))
-    print(f"  lexical.weight: {lexical:.2f}  semantic.weight: {fitted.mix['semantic']:.2f}  features.weight: {fitted.mix['features']:.2f}")
+    print(f"  lexical.weight: {lexical:.2f}  semantic.weight: {fitted.mix['semantic']:.2f}  "
+          f"semantic.best_weight: {fitted.mix['semantic_best']:.2f}  features.weight: {fitted.mix['features']:.2f}")
     print("  lexical.fields weights: " + ", ".join(f"{k[6:]}: {v:.2f}" for k, v in fitted.mix.items() if k.startswith("field:")))
     print(f"  confidence.confident: {logistic_yaml(fitted.confident, fitted.t_confident)}")
     print(f"  confidence.answerable: {logistic_yaml(fitted.answerable, fitted.t_answerable)}")

@@ -56,7 +56,8 @@ def _hit_panel(hit: Hit) -> Panel:
     terms = ", ".join(t.split(":", 1)[-1] for t, _ in hit.text.terms[:5]) or "-"
     grid.add_row("Text", Text(f"{hit.text.score:.2f} (+{hit.text.contribution:.2f}): {terms}"))
     if hit.semantic is not None:
-        grid.add_row("Meaning", Text(f"{hit.semantic:.2f} (+{hit.semantic * hit.semantic_weight:.2f}) sentence-embedding similarity"))
+        grid.add_row("Meaning", Text(f"{hit.semantic:.2f} (+{hit.semantic_contribution:.2f}) sentence-embedding similarity, "
+                                     f"closest text {hit.semantic_best:.2f}"))
     for cause in case["causes"][:2]:
         grid.add_row("Cause", Text(cause))
     for fix in case["fixes"][:3]:

@@ -14,13 +14,11 @@ of that field and mixes the fields with fitted weights. Measured on real
 reports (benches/fit_weights.py), that beat one BM25F index over the same
 fields by 0.04 MRR cross-validated: a report meets a case through whichever
 field says it, and a long field (causes) no longer drowns a short one (tags).
-:func:`build_postings` still accepts several fields per index (BM25F: counts
-weighted per field, length-normalised per field, saturated once).
+A field whose fitted weight is zero is not indexed at all.
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,66 +29,88 @@ import numpy as np
 ENTITY_GROUPS = ("model", "family", "framework", "accelerator")
 
 
-@dataclass(frozen=True)
-class FieldSpec:
-    weight: float
-    b: float
-
-
 def concept_group(term: str) -> str | None:
     """'symptom:loss-nan' -> 'symptom'; a plain word or bigram -> None."""
     head, sep, _ = term.partition(":")
     return head if sep and head.isalpha() else None
 
 
-def build_postings(
-    fields_per_doc: Sequence[dict[str, list[str]]],
-    specs: dict[str, FieldSpec],
-    k1: float,
-) -> dict[str, np.ndarray]:
-    """Arrays of the BM25F index over documents given as {field: tokens}."""
-    n_docs = len(fields_per_doc)
-    averages = {
-        name: (sum(len(doc.get(name, ())) for doc in fields_per_doc) / n_docs) or 1.0 for name in specs
-    } if n_docs else {}
-    pseudo: dict[str, list[tuple[int, float]]] = {}
-    for row, doc in enumerate(fields_per_doc):
-        combined: Counter[str] = Counter()
-        for name, tokens in doc.items():
-            spec = specs.get(name)
-            if spec is None or not tokens:
-                continue
-            norm = 1.0 - spec.b + spec.b * len(tokens) / averages[name]
-            scale = spec.weight / norm
-            for term, count in Counter(tokens).items():
-                combined[term] += count * scale
-        for term, tf in combined.items():
-            pseudo.setdefault(term, []).append((row, tf))
-    terms = sorted(pseudo)
-    indptr = np.zeros(len(terms) + 1, dtype=np.int64)
-    total = sum(len(pseudo[t]) for t in terms)
-    docs = np.empty(total, dtype=np.int32)
-    weights = np.empty(total, dtype=np.float32)
-    idf = np.empty(len(terms), dtype=np.float32)
-    position = 0
-    for i, term in enumerate(terms):
-        postings = pseudo[term]
-        df = len(postings)
-        term_idf = math.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
-        idf[i] = term_idf
-        rows = np.fromiter((r for r, _ in postings), dtype=np.int32, count=df)
-        tfs = np.fromiter((tf for _, tf in postings), dtype=np.float64, count=df)
-        docs[position : position + df] = rows
-        weights[position : position + df] = term_idf * tfs * (k1 + 1.0) / (tfs + k1)
-        position += df
-        indptr[i + 1] = position
+@dataclass
+class FieldCounts:
+    """Token counts of one field over consecutive case rows, as (term, row, count) triples.
+
+    Index builds tokenize in worker processes; each returns these small arrays
+    instead of token lists, and :func:`build_postings` merges them."""
+
+    terms: list[str]  # this part's own vocabulary; term_ids index into it
+    term_ids: np.ndarray  # int32
+    rows: np.ndarray  # int32, global case rows
+    counts: np.ndarray  # float32
+    lengths: np.ndarray  # int32, tokens per row, for every row of the part in order
+
+
+def count_tokens(token_lists: Sequence[list[str]], first_row: int = 0) -> FieldCounts:
+    vocabulary: dict[str, int] = {}
+    term_ids: list[int] = []
+    rows: list[int] = []
+    counts: list[int] = []
+    for offset, tokens in enumerate(token_lists):
+        for term, count in Counter(tokens).items():
+            term_ids.append(vocabulary.setdefault(term, len(vocabulary)))
+            rows.append(first_row + offset)
+            counts.append(count)
+    return FieldCounts(
+        list(vocabulary),
+        np.array(term_ids, dtype=np.int32),
+        np.array(rows, dtype=np.int32),
+        np.array(counts, dtype=np.float32),
+        np.array([len(t) for t in token_lists], dtype=np.int32),
+    )
+
+
+def build_postings(parts: Sequence[FieldCounts], b: float, k1: float) -> dict[str, np.ndarray]:
+    """Arrays of one field's BM25 index from the counts of consecutive runs of rows.
+
+    Vectorised over all (term, case) pairs: a term's weight in a case is
+    idf * tf' (k1 + 1) / (tf' + k1), where tf' is the count divided by the
+    case's length normalisation 1 - b + b * length / average length."""
+    lengths = np.concatenate([p.lengths for p in parts]) if parts else np.zeros(0, dtype=np.int32)
+    n_docs = len(lengths)
+    local_terms = [np.array(p.terms, dtype=str) for p in parts if p.terms]
+    if not local_terms:
+        empty = np.zeros(0)
+        return {"terms": np.array([], dtype="<U1"), "indptr": np.zeros(1, dtype=np.int64),
+                "docs": empty.astype(np.int32), "weights": empty.astype(np.float32), "idf": empty.astype(np.float32)}
+    terms, inverse = np.unique(np.concatenate(local_terms), return_inverse=True)
+    global_ids, start = [], 0
+    for part in parts:
+        remap = inverse[start : start + len(part.terms)]
+        start += len(part.terms)
+        global_ids.append(remap[part.term_ids] if len(part.term_ids) else np.zeros(0, dtype=np.int64))
+    term_of = np.concatenate(global_ids)
+    rows = np.concatenate([p.rows for p in parts])
+    counts = np.concatenate([p.counts for p in parts]).astype(np.float64)
+    average = float(lengths.mean()) or 1.0
+    tf = counts / (1.0 - b + b * lengths[rows] / average)
+    df = np.bincount(term_of, minlength=len(terms))
+    idf = np.log1p((n_docs - df + 0.5) / (df + 0.5))
+    order = np.lexsort((rows, term_of))
+    weights = idf[term_of] * tf * (k1 + 1.0) / (tf + k1)
     return {
-        "terms": np.array(terms, dtype=str) if terms else np.array([], dtype="<U1"),
-        "indptr": indptr,
-        "docs": docs,
-        "weights": weights,
-        "idf": idf,
+        "terms": terms,
+        "indptr": np.concatenate([[0], np.cumsum(df)]).astype(np.int64),
+        "docs": rows[order].astype(np.int32),
+        "weights": weights[order].astype(np.float32),
+        "idf": idf.astype(np.float32),
     }
+
+
+@dataclass
+class FieldMatch:
+    scores: np.ndarray  # per case
+    problem: np.ndarray  # per case, from problem terms only
+    covered: np.ndarray  # per case, idf mass of the problem terms it contains
+    total: float  # idf mass of all problem terms of the query found in this field
 
 
 class LexicalIndex:
@@ -99,11 +119,12 @@ class LexicalIndex:
     NAMES = ("terms", "indptr", "docs", "weights", "idf")
 
     def __init__(self, arrays: dict[str, np.ndarray], n_docs: int, k1: float):
-        self.terms = arrays["terms"]
-        self.indptr = arrays["indptr"]
-        self.docs = arrays["docs"]
-        self.weights = arrays["weights"]
-        self.idf = arrays["idf"]
+        # Plain ndarray views of the maps: same memory, without np.memmap's per-slice overhead.
+        self.terms = np.asarray(arrays["terms"])
+        self.indptr = np.asarray(arrays["indptr"])
+        self.docs = np.asarray(arrays["docs"])
+        self.weights = np.asarray(arrays["weights"])
+        self.idf = np.asarray(arrays["idf"])
         self.n_docs = n_docs
         self.k1 = k1
 
@@ -142,33 +163,41 @@ class LexicalIndex:
         """The score a case would get by matching every query term as strongly as BM25 allows."""
         return sum(query_weights[t] * float(self.idf[i]) * (self.k1 + 1.0) for t, i in term_ids.items())
 
+    def _gather(self, chosen: list[tuple[str, int]], query_weights: dict[str, float]):
+        """The chosen terms' postings concatenated: rows, query-weighted BM25 weights, and
+        each posting's idf mass (query weight x idf) with the total of that mass."""
+        if not chosen:
+            empty = np.zeros(0)
+            return empty.astype(np.int32), empty, empty, 0.0
+        starts = np.array([self.indptr[i] for _, i in chosen], dtype=np.int64)
+        ends = np.array([self.indptr[i + 1] for _, i in chosen], dtype=np.int64)
+        lengths = ends - starts
+        rows = np.concatenate([self.docs[s:e] for s, e in zip(starts, ends)])
+        weights = np.concatenate([self.weights[s:e] for s, e in zip(starts, ends)])
+        qw = np.array([query_weights[t] for t, _ in chosen])
+        mass = qw * self.idf[[i for _, i in chosen]]
+        return rows, weights * np.repeat(qw, lengths), np.repeat(mass, lengths), float(mass.sum())
+
     def scores(self, term_ids: dict[str, int], query_weights: dict[str, float], mask_terms: set[str] | None = None) -> np.ndarray:
         """Dense score vector over all cases, built from the postings of the query's terms only
         (np.bincount over the concatenated postings). ``mask_terms`` restricts to a subset."""
         chosen = [(t, i) for t, i in term_ids.items() if mask_terms is None or t in mask_terms]
-        if not chosen:
-            return np.zeros(self.n_docs, dtype=np.float64)
-        docs_parts, weight_parts = [], []
-        for term, i in chosen:
-            docs, weights = self.postings(i)
-            docs_parts.append(docs)
-            weight_parts.append(weights * query_weights[term])
-        return np.bincount(np.concatenate(docs_parts), weights=np.concatenate(weight_parts), minlength=self.n_docs)
+        rows, weighted, _, _ = self._gather(chosen, query_weights)
+        return np.bincount(rows, weights=weighted, minlength=self.n_docs)
 
-    def coverage(self, term_ids: dict[str, int], query_weights: dict[str, float], terms: set[str]) -> tuple[np.ndarray, float]:
-        """Per case, the idf mass of ``terms`` it contains, and the mass of all of them: how much
-        of what the query says (and this field knows of) a case shares, whatever its length."""
-        chosen = [(t, i) for t, i in term_ids.items() if t in terms]
-        if not chosen:
-            return np.zeros(self.n_docs), 0.0
-        docs_parts, mass_parts, total = [], [], 0.0
-        for term, i in chosen:
-            docs, _ = self.postings(i)
-            mass = query_weights[term] * float(self.idf[i])
-            total += mass
-            docs_parts.append(docs)
-            mass_parts.append(np.full(len(docs), mass))
-        return np.bincount(np.concatenate(docs_parts), weights=np.concatenate(mass_parts), minlength=self.n_docs), total
+    def match(self, term_ids: dict[str, int], query_weights: dict[str, float], problem_terms: set[str]) -> "FieldMatch":
+        """Everything the retriever needs of this field in one pass over the postings: the
+        score of every case, its part from problem terms, and the idf mass of the problem
+        terms each case contains (of ``total``): how much of what the query says (and this
+        field knows of) a case shares, whatever its length."""
+        problem = [(t, i) for t, i in term_ids.items() if t in problem_terms]
+        other = [(t, i) for t, i in term_ids.items() if t not in problem_terms]
+        p_rows, p_weighted, p_mass, total = self._gather(problem, query_weights)
+        o_rows, o_weighted, _, _ = self._gather(other, query_weights)
+        problem_scores = np.bincount(p_rows, weights=p_weighted, minlength=self.n_docs)
+        scores = problem_scores + np.bincount(o_rows, weights=o_weighted, minlength=self.n_docs) if other else problem_scores
+        covered = np.bincount(p_rows, weights=p_mass, minlength=self.n_docs)
+        return FieldMatch(scores, problem_scores, covered, total)
 
     def contributions(self, row: int, term_ids: dict[str, int], query_weights: dict[str, float]) -> list[tuple[str, float]]:
         """Per-term score of one case: a binary search in each query term's postings."""

@@ -32,7 +32,15 @@ class Hit:
     features: list[FeatureScore]
     semantic: float | None = None      # cosine of query and case embeddings (None: stage off)
     semantic_weight: float = 0.0
+    semantic_best: float = 0.0         # cosine of the query and the case's closest single text
+    semantic_best_weight: float = 0.0
     feature_weight: float = 0.0
+
+    @property
+    def semantic_contribution(self) -> float:
+        if self.semantic is None:
+            return 0.0
+        return self.semantic * self.semantic_weight + self.semantic_best * self.semantic_best_weight
 
     @property
     def case_id(self) -> str:
@@ -104,7 +112,8 @@ def _hit_json(hit: Hit) -> dict[str, Any]:
             },
             "semantic": None
             if hit.semantic is None
-            else {"cosine": hit.semantic, "weight": hit.semantic_weight, "contribution": round(hit.semantic * hit.semantic_weight, 4)},
+            else {"cosine": hit.semantic, "weight": hit.semantic_weight, "best_text_cosine": hit.semantic_best,
+                  "best_text_weight": hit.semantic_best_weight, "contribution": round(hit.semantic_contribution, 4)},
             "features": [
                 {
                     "name": f.name,

@@ -27,7 +27,7 @@ import numpy as np
 
 from .fixes import recommend_fixes
 from .index import LoadedIndex
-from .lexical import concept_group
+from .lexical import FieldMatch, concept_group
 from .lexicon import normalize
 from .parser import ParsedQuery
 from .results import Hit, SearchOutcome, TextBreakdown
@@ -101,11 +101,11 @@ class Candidates:
     lexical_problem: np.ndarray  # the same, counting only terms that are not entity names
     semantic: np.ndarray         # cosine of query and case embeddings (0 without the stage)
     features: np.ndarray         # weighted feature similarity (0..1)
+    semantic_best: np.ndarray = field(default_factory=lambda: np.zeros(0))  # best cosine over the case's own texts
     coverage: np.ndarray = field(default_factory=lambda: np.zeros(0))  # share of the query's problem-term idf mass matched
     fields: dict[str, np.ndarray] = field(default_factory=dict)  # per field, scaled by its best
     problem_fields: dict[str, np.ndarray] = field(default_factory=dict)   # the same, problem terms only
     coverage_fields: dict[str, np.ndarray] = field(default_factory=dict)  # per field coverage
-    feature_scores: list[list] = field(default_factory=list)
     term_ids: dict[str, dict[str, int]] = field(default_factory=dict)
     query_weights: dict[str, float] = field(default_factory=dict)
     field_scale: dict[str, float] = field(default_factory=dict)  # field weight share / best score
@@ -133,16 +133,18 @@ def candidates(
     per_field: dict[str, np.ndarray] = {}
     term_ids: dict[str, dict[str, int]] = {}
     field_scale: dict[str, float] = {}
+    matches: dict[str, FieldMatch] = {}
     lex = np.zeros(n)
     for name, lexical in index.fields.items():
         if not shares.get(name):
             term_ids[name] = {}
             continue
         ids = term_ids[name] = lexical.lookup(qw)
-        scores = lexical.scores(ids, qw)
-        best = float(scores.max()) if n else 0.0
+        entity = index.entity[name]
+        found = matches[name] = lexical.match(ids, qw, {t for t, i in ids.items() if not entity[i]})
+        best = float(found.scores.max()) if n else 0.0
         field_scale[name] = shares.get(name, 0.0) / best if best > 0 else 0.0
-        per_field[name] = scores / best if best > 0 else scores
+        per_field[name] = found.scores / best if best > 0 else found.scores
         lex += shares.get(name, 0.0) * per_field[name]
     lexical_w = float(weights["lexical"]["weight"])
     limit = min(limit or int(weights["candidates"]), n)
@@ -175,36 +177,52 @@ def candidates(
         sem_rows_final = sem_all[rows] if sem_all is not None else np.zeros(len(rows))
     problem_fields: dict[str, np.ndarray] = {}
     coverage_fields: dict[str, np.ndarray] = {}
-    for name, lexical in index.fields.items():
-        ids = term_ids[name]
+    for name, found in matches.items():
         best = shares.get(name, 0.0) / field_scale[name] if field_scale.get(name) else 0.0
-        problem_terms = {t for t, i in ids.items() if not index.entity[name][i]}
-        if problem_terms and best:
-            problem_fields[name] = lexical.scores(ids, qw, problem_terms)[rows] / best
-        matched, total = lexical.coverage(ids, qw, problem_terms)
-        if total:
-            coverage_fields[name] = matched[rows] / total
+        if best and found.total:
+            problem_fields[name] = found.problem[rows] / best
+        if found.total:
+            coverage_fields[name] = found.covered[rows] / found.total
+    semantic_best = best_text_cosine(index, rows, query_vector) if semantic_w else np.zeros(len(rows))
     feature_totals = np.zeros(len(rows))
-    feature_scores: list[list] = []
-    for j, row in enumerate(rows):
-        total, scores = combine(parsed.features, index.features(int(row)), weights, index.lexicon)
-        feature_totals[j] = total
-        feature_scores.append(scores)
+    if parsed.features:
+        for j, row in enumerate(rows):
+            feature_totals[j] = combine(parsed.features, index.features(int(row)), weights, index.lexicon, explain=False)[0]
     return Candidates(
         rows=rows,
         lexical=lex[rows],
         lexical_problem=_mix(problem_fields, shares, len(rows)),
         semantic=sem_rows_final,
+        semantic_best=semantic_best,
         features=feature_totals,
         coverage=_mix(coverage_fields, shares, len(rows)),
         problem_fields=problem_fields,
         coverage_fields=coverage_fields,
         fields={name: per_field[name][rows] if name in per_field else np.zeros(len(rows)) for name in index.fields},
-        feature_scores=feature_scores,
         term_ids=term_ids,
         query_weights=qw,
         field_scale=field_scale,
     )
+
+
+def best_text_cosine(index: LoadedIndex, rows: np.ndarray, query_vector: np.ndarray) -> np.ndarray:
+    """Per candidate, the cosine of the query with the closest of the case's texts (title,
+    symptom, user phrasing, each short query). The mean vector finds candidates; this
+    rewards a case that says the report's problem in one of its texts, as the report says it."""
+    best = np.zeros(len(rows))
+    if index.text_vectors is None or not len(rows):
+        return best
+    starts = np.asarray(index.text_indptr[rows], dtype=np.int64)
+    lengths = np.asarray(index.text_indptr[rows + 1], dtype=np.int64) - starts
+    has = lengths > 0
+    if not has.any():
+        return best
+    starts, lengths = starts[has], lengths[has]
+    firsts = np.cumsum(lengths) - lengths  # where each case's texts begin in the gathered block
+    positions = np.repeat(starts - firsts, lengths) + np.arange(int(lengths.sum()))
+    cosines = np.asarray(index.text_vectors[positions], dtype=np.float32) @ np.asarray(query_vector, dtype=np.float32)
+    best[has] = np.maximum.reduceat(cosines, firsts)
+    return best
 
 
 def _mix(per_field: dict[str, np.ndarray], shares: dict[str, float], size: int) -> np.ndarray:
@@ -256,6 +274,7 @@ def final_scores(c: Candidates, weights: dict[str, Any], semantic_on: bool) -> n
     score = float(weights["lexical"]["weight"]) * c.lexical + float(weights["features"]["weight"]) * c.features
     if semantic_on:
         score = score + float(weights["semantic"]["weight"]) * c.semantic
+        score = score + float(weights["semantic"].get("best_weight", 0.0)) * c.semantic_best
     return score
 
 
@@ -276,6 +295,7 @@ def confidence_inputs(c: Candidates, scores: np.ndarray, order: np.ndarray, shar
         "margin": float(scores[top]) - second,
         "lexical_problem": problem,
         "semantic": float(c.semantic[top]),
+        "semantic_best": float(c.semantic_best[top]) if len(c.semantic_best) else 0.0,
         "features": float(c.features[top]),
         "coverage": coverage,
     }
@@ -337,9 +357,12 @@ def search(
         # Only the best result is judged by the model; the next ones are confident when they
         # come close to it (same underlying problem told twice is common in the case base).
         confident = top_confident and (rank == 1 or bool(scores[j] >= float(settings["follow_ratio"]) * scores[order[0]]))
-        hit = Hit(rank, index.document(row), float(scores[j]), confident, breakdown, c.feature_scores[j])
+        explained_features = combine(parsed.features, index.features(row), weights, index.lexicon)[1]
+        hit = Hit(rank, index.document(row), float(scores[j]), confident, breakdown, explained_features)
         hit.semantic = round(float(c.semantic[j]), 4) if semantic_on else None
         hit.semantic_weight = float(weights["semantic"]["weight"]) if semantic_on else 0.0
+        hit.semantic_best = round(float(c.semantic_best[j]), 4) if semantic_on else 0.0
+        hit.semantic_best_weight = float(weights["semantic"].get("best_weight", 0.0)) if semantic_on else 0.0
         hit.feature_weight = float(weights["features"]["weight"])
         hits.append(hit)
     abstained = bool(not hits or no_case)

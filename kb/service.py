@@ -73,6 +73,7 @@ class KnowledgeBase:
     home: Path = field(default_factory=user_data_dir)
     cache: Path = field(default_factory=user_cache_dir)
     notices: list[str] = field(default_factory=list)
+    every_field: bool = False  # index fields of zero weight too (weight fitting tries them)
 
     def __post_init__(self) -> None:
         self.db = self.db or os.environ.get(DB_ENV) or None
@@ -104,7 +105,7 @@ class KnowledgeBase:
         return self.home / "index" / name
 
     def index_dir(self, key: dict[str, Any]) -> Path:
-        suffix = "" if self.semantic else "-lexical"
+        suffix = ("" if self.semantic else "-lexical") + ("-every" if self.every_field else "")
         return self.index_parent / f"{key_name(key)}{suffix}"
 
     def encoder(self):
@@ -285,7 +286,7 @@ class KnowledgeBase:
                 from .bundled_vectors import seed_for
 
                 cache = VectorCache(self.cache / "vectors" / encoder.name, seed=seed_for(encoder.name)) if encoder is not None else None
-                build_aside(documents, key, directory, encoder=encoder, vector_cache=cache)
+                build_aside(documents, key, directory, encoder=encoder, vector_cache=cache, every_field=self.every_field)
                 index = load_index(directory)
                 if index is None:
                     raise DatabaseError(f"{directory}: the index was built but cannot be read back")

@@ -112,11 +112,14 @@ def local_similarity(name: str, spec: dict[str, Any], query_values: list, case: 
     raise ValueError(f"weights.yaml: feature {name!r} has unknown sim kind {kind!r}")
 
 
-def combine(query: dict[str, list], case: dict[str, Any], weights: dict[str, Any], lexicon: Lexicon) -> tuple[float, list[FeatureScore]]:
+def combine(query: dict[str, list], case: dict[str, Any], weights: dict[str, Any], lexicon: Lexicon,
+            explain: bool = True) -> tuple[float, list[FeatureScore]]:
     """Weighted feature similarity in [0, 1] and the per-feature breakdown.
 
     Each breakdown entry's ``contribution`` is its share of the final score
     (already multiplied by the features' weight in the mix), so contributions add up.
+    ``explain=False`` skips the breakdown: re-ranking needs only the totals, and only
+    the few cases shown are explained.
     """
     settings = weights["features"]
     specs: dict[str, dict[str, Any]] = settings["specs"]
@@ -132,5 +135,6 @@ def combine(query: dict[str, list], case: dict[str, Any], weights: dict[str, Any
         sim, q, c = local_similarity(name, spec, query[name], case, lexicon)
         part = spec["weight"] * sim / denominator
         total += part
-        scores.append(FeatureScore(name, q, c, round(sim, 4), spec["weight"], round(mix * part, 4)))
+        if explain:
+            scores.append(FeatureScore(name, q, c, round(sim, 4), spec["weight"], round(mix * part, 4)))
     return total, scores

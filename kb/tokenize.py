@@ -92,6 +92,9 @@ def concept_tokens(matches: list[Match], lexicon: Lexicon) -> list[str]:
 def tokenize(text: str, lexicon: Lexicon, stopwords: Stopwords, matches: list[Match] | None = None) -> list[str]:
     """All tokens of a text; ``matches`` may be passed when the caller already has them."""
     norm = normalize(text)
-    if matches is None:
-        matches = lexicon.find(norm)
+    return tokenize_normalized(norm, lexicon, stopwords, lexicon.find(norm) if matches is None else matches)
+
+
+def tokenize_normalized(norm: str, lexicon: Lexicon, stopwords: Stopwords, matches: list[Match]) -> list[str]:
+    """:func:`tokenize` of text already passed through :func:`kb.lexicon.normalize`."""
     return word_tokens(norm, stopwords) + cjk_tokens(norm, stopwords) + concept_tokens(matches, lexicon)

@@ -674,6 +674,14 @@ def _has_cjk(text: str) -> bool:
     return any("\u4e00" <= ch <= "\u9fff" for ch in text)
 
 
+def _option_of_case(api: httpx.Client, options: list[str], case_id: str) -> str:
+    """The offered option that the case's own record states (the answer its reporter would give)."""
+    record = json.dumps(api.get(f"/v1/cases/{case_id}").json()).lower()
+    stated = [o for o in options if o != "something else" and o.lower() in record]
+    assert stated, f"no option of {options} is stated by {case_id}"
+    return stated[0]
+
+
 def test_chat_english_asks_then_answers(api: httpx.Client) -> None:
     first = _chat(api, "my gemma 3 loss looks wrong, far too high")
     question = first["question"]
@@ -681,12 +689,18 @@ def test_chat_english_asks_then_answers(api: httpx.Client) -> None:
     assert question["feature"] and question["options"]
     assert question["text"].isascii() and question["text"].endswith("?")
     assert first["language"] == "en" and question["text"] in first["reply"]
-    assert "llama-factory" in question["options"]
 
-    second = _chat(api, "llama-factory", first["session_id"])
+    second = _chat(api, _option_of_case(api, question["options"], GEMMA_CASE), first["session_id"])
     assert second["session_id"] == first["session_id"]
     assert second["cases"][0]["id"] == GEMMA_CASE
     assert GEMMA_CASE in second["reply"]
+
+
+def test_chat_volunteered_detail_keeps_the_case_first(api: httpx.Client) -> None:
+    """Answering with a detail that was not asked for (the framework) is taken in too."""
+    first = _chat(api, "my gemma 3 loss looks wrong, far too high")
+    second = _chat(api, "llama-factory", first["session_id"])
+    assert second["cases"][0]["id"] == GEMMA_CASE
 
 
 def test_chat_answers_at_once_when_sure(api: httpx.Client) -> None:
@@ -697,7 +711,7 @@ def test_chat_answers_at_once_when_sure(api: httpx.Client) -> None:
 
 
 def test_chat_chinese_asks_then_answers(api: httpx.Client) -> None:
-    first = _chat(api, "我的 gemma3 loss 不正常")
+    first = _chat(api, "我的 gemma3 训练 loss 看着不对")
     question = first["question"]
     assert question is not None, first["reply"]
     assert first["language"] == "zh"
@@ -710,7 +724,8 @@ def test_chat_chinese_asks_then_answers(api: httpx.Client) -> None:
 
 def test_chat_answer_by_option_number(api: httpx.Client) -> None:
     first = _chat(api, "my gemma 3 loss looks wrong, far too high")
-    number = first["question"]["options"].index("llama-factory") + 1
+    options = first["question"]["options"]
+    number = options.index(_option_of_case(api, options, GEMMA_CASE)) + 1
     second = _chat(api, str(number), first["session_id"])
     assert second["cases"][0]["id"] == GEMMA_CASE
 
@@ -734,7 +749,7 @@ def test_chat_session_accumulates_across_requests(server: Server) -> None:
 
 @pytest.mark.parametrize("vague,answer,reset", [
     ("my gemma 3 loss looks wrong, far too high", "llama-factory", "start over"),
-    ("我的 gemma3 loss 不正常", "用的 llama-factory", "重新开始"),
+    ("我的 gemma3 训练 loss 看着不对", "用的 llama-factory", "重新开始"),
 ])
 def test_chat_reset_starts_over(api: httpx.Client, vague: str, answer: str, reset: str) -> None:
     first = _chat(api, vague)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 import math
 import subprocess
 import sys
@@ -15,8 +17,8 @@ import pytest
 
 from kb.ann import IVF, build_ivf
 from kb.casefiles import load_cases
-from kb.index import LoadedIndex, build_aside, build_index, case_fields, index_key, load_index, remove_stale
-from kb.lexical import FieldSpec, LexicalIndex, build_postings
+from kb.index import LoadedIndex, build_aside, build_index, case_fields, index_key, load_index, remove_stale, semantic_texts
+from kb.lexical import LexicalIndex, build_postings, count_tokens
 from kb.paths import bundled_cases_dir
 from kb.semantic import DIM, VectorCache
 
@@ -54,7 +56,7 @@ def index(documents, tmp_path_factory) -> LoadedIndex:
 def test_bm25_matches_the_textbook_formula():
     docs = [["loss", "nan", "fp16", "loss"], ["loss", "plateau"], ["oom", "zero3", "offload", "oom", "oom"]]
     k1, b = 1.2, 0.75
-    arrays = build_postings([{"f": d} for d in docs], {"f": FieldSpec(1.0, b)}, k1)
+    arrays = build_postings([count_tokens(docs[:1], 0), count_tokens(docs[1:], 1)], b, k1)  # two parts, as from two workers
     lexical = LexicalIndex(arrays, len(docs), k1)
     average = sum(map(len, docs)) / len(docs)
     query = {"loss": 1.0, "oom": 2.0, "absent": 1.0}
@@ -74,9 +76,13 @@ def test_bm25_matches_the_textbook_formula():
 
 def test_postings_are_arrays_on_disk_and_memory_mapped(index):
     files = {p.name for p in index.directory.iterdir()}
-    for field in case_fields(index.document(0)):
+    weighted = {name for name, spec in index.weights["lexical"]["fields"].items() if spec["weight"] > 0}
+    assert set(index.fields) == weighted and weighted <= set(case_fields(index.document(0)))
+    for field in index.fields:
         assert {f"lex_{field}_docs.npy", f"lex_{field}_weights.npy", f"lex_{field}_terms.npy"} <= files
-    assert isinstance(index.fields["title"].docs, np.memmap)
+    unweighted = set(case_fields(index.document(0))) - weighted
+    assert unweighted and not any(f"lex_{field}_" in name for field in unweighted for name in files)
+    assert isinstance(index.fields["title"].docs.base, np.memmap)  # a plain view of the map
     assert isinstance(index.vectors, np.memmap) and index.vectors.shape == (len(index), DIM)
     meta = json.loads((index.directory / "meta.json").read_text())
     assert meta["cases"] == len(index)  # a count: documents live in docs.jsonl, read one by one
@@ -146,7 +152,8 @@ def test_vector_cache_embeds_only_new_text(tmp_path, documents):
     again = build_index(documents[:20], index_key("b"), tmp_path / "b", encoder=encoder, vector_cache=cache)
     assert again.embedded == 0
     grown = build_index(documents[:21], index_key("c"), tmp_path / "c", encoder=encoder, vector_cache=cache)
-    assert 0 < grown.embedded <= 5  # one new case: its few texts only
+    added = next(d for d in documents[:21] if d["id"] not in {x["id"] for x in documents[:20]})
+    assert 0 < grown.embedded <= len(semantic_texts(added)) < first.embedded  # one new case: its texts only
     a, c = LoadedIndex(tmp_path / "a"), LoadedIndex(tmp_path / "c")
     for case_id in a.ids:
         assert np.allclose(a.vectors[a.row(case_id)], c.vectors[c.row(case_id)])
@@ -196,3 +203,21 @@ def test_query_path_imports_nothing_heavy(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
     assert result.stdout.strip() == ""
+
+
+def test_parallel_build_writes_the_same_index(tmp_path, documents, monkeypatch):
+    """Large bases are tokenized in forked workers; the arrays must not depend on it."""
+    import kb.index as index_module
+
+    serial = tmp_path / "serial"
+    build_index(documents, index_key("x"), serial)
+    monkeypatch.setattr(index_module, "PARALLEL_MIN_CASES", 1)
+    lexicon, stopwords = LoadedIndex(serial).lexicon, LoadedIndex(serial).stopwords
+    if os.name == "posix" and (os.cpu_count() or 1) > 1 and threading.active_count() == 1:
+        assert len(index_module.analyse_all(documents, ["title"], lexicon, stopwords)) > 1
+    parallel = tmp_path / "parallel"
+    build_index(documents, index_key("x"), parallel)
+    names = sorted(p.name for p in serial.iterdir())
+    assert names == sorted(p.name for p in parallel.iterdir())
+    for name in names:
+        assert (serial / name).read_bytes() == (parallel / name).read_bytes(), name

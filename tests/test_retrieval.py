@@ -74,7 +74,7 @@ def test_gemma_headline_query_explains_itself(kb):
     assert matched["model"] == ("gemma-3", 1.0)
     assert matched["zero_stage"] == (3, 1.0)
     assert matched["loss"][1] == 1.0 and matched["loss"][0] == [70.0]
-    semantic = (top.semantic or 0.0) * top.semantic_weight
+    semantic = top.semantic_contribution
     assert top.score == pytest.approx(top.text.contribution + semantic + sum(f.contribution for f in top.features), abs=2e-3)
     assert outcome.fixes and outcome.fixes[0].confirmed and "llamafactory-7416" in outcome.fixes[0].cases
 
@@ -121,7 +121,7 @@ def test_the_matching_incident_is_not_called_no_close_case(kb, query, case_id):
 def test_score_is_the_sum_of_its_parts(kb):
     for query in ("gemma3 loss 70 zero3", "预训练 loss 停在 2.8 不降", "qwen lora loss 0 fp16"):
         for hit in kb.search(query, k=3).hits:
-            semantic = (hit.semantic or 0.0) * hit.semantic_weight
+            semantic = (hit.semantic or 0.0) * hit.semantic_weight + hit.semantic_best * hit.semantic_best_weight  # spelled out: checks the property too
             parts = hit.text.contribution + semantic + sum(f.contribution for f in hit.features)
             assert hit.score == pytest.approx(parts, abs=2e-3), (query, hit.case_id)
 

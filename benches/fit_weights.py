@@ -131,9 +131,22 @@ def keeps_guard(mix: Mix, ids: list[str]) -> bool:
     return all(rr == 1.0 for r, rr in ranks if r.kind == "seed") and float(np.mean([rr for _, rr in ranks])) >= 0.99
 
 
+RESTARTS = 0  # set by --restarts: extra random starting mixes for the coordinate ascent
+
+
 def best_mix(reports: list[Report], ids: list[str]) -> Mix:
+    """Coordinate ascent from equal weights and from ``RESTARTS`` random mixes (fixed seed);
+    the mix with the best training MRR wins."""
     names = mix_names(list(reports[0].evidence.fields))
-    mix = {name: 1.0 / len(names) for name in names}
+    rng = np.random.default_rng(0)
+    starts = [{name: 1.0 / len(names) for name in names}]
+    starts += [{name: float(rng.choice(GRID)) for name in names} for _ in range(RESTARTS)]
+    found = [_ascend(reports, ids, names, start) for start in starts]
+    return max(found, key=lambda pair: pair[0])[1]
+
+
+def _ascend(reports: list[Report], ids: list[str], names: list[str], mix: Mix) -> tuple[float, Mix]:
+    mix = dict(mix)
     mix["features"] = max(mix["features"], MIN_FEATURES)
     best = mean_rr(reports, ids, mix) if keeps_guard(mix, ids) else -1.0
     for _ in range(SWEEPS):
@@ -147,7 +160,7 @@ def best_mix(reports: list[Report], ids: list[str]) -> Mix:
                     continue
                 if score > best + 1e-9:
                     best, mix = score, trial
-    return mix
+    return best, mix
 
 
 def mix_shares(mix: Mix) -> dict[str, float]:
@@ -293,13 +306,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("reports", nargs="?", type=Path, default=DEFAULT_REPORTS)
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--precision", type=float, default=0.92, help="confident precision asked of the training folds")
-    parser.add_argument("--max-false-abstain", type=float, default=0.03, help="share of answerable training reports allowed to abstain")
+    parser.add_argument("--precision", type=float, default=0.95, help="confident precision asked of the training folds")
+    parser.add_argument("--max-false-abstain", type=float, default=0.02, help="share of answerable training reports allowed to abstain")
     parser.add_argument("--home", type=Path, help="kbq data directory to reuse (model and vector caches)")
     parser.add_argument("--min-features", type=float, default=0.1,
                         help="floor of features.weight: the MRR surface is flat, and without a floor the search may leave "
                              "exact model/framework matches too little say to break ties between sibling cases")
+    parser.add_argument("--restarts", type=int, default=0, help="random starting mixes tried besides equal weights")
     args = parser.parse_args()
+    global RESTARTS
+    RESTARTS = args.restarts
     kb = KnowledgeBase(home=args.home or Path(tempfile.mkdtemp(prefix="kbq-fit-")), every_field=True)
     reports, ids = collect(kb, args.reports)
     extra = prepare(kb, args.min_features)

@@ -55,7 +55,8 @@ def read_case(path: Path) -> Case:
     if "\x00" in text:
         raise CaseFileError(f"{path}: contains NUL bytes; a case file must be text")
     try:
-        data = yaml.safe_load(text)
+        # libyaml's parser when PyYAML has it: the same safe subset, ~10x faster than pure Python
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""

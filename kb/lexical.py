@@ -148,10 +148,15 @@ class LexicalIndex:
         return i if i < len(self.terms) and self.terms[i] == term else None
 
     def lookup(self, terms: Iterable[str]) -> dict[str, int]:
+        """Term ids of the terms this field has: one vectorised binary search for all of them."""
+        wanted = list(terms)
+        if not wanted or not len(self.terms):
+            return {}
+        at = np.searchsorted(self.terms, np.array(wanted, dtype=str))
+        inside = at < len(self.terms)
         found = {}
-        for term in terms:
-            i = self.term_id(term)
-            if i is not None:
+        for term, i, ok in zip(wanted, at.tolist(), inside.tolist()):
+            if ok and self.terms[i] == term:
                 found[term] = i
         return found
 
@@ -198,6 +203,46 @@ class LexicalIndex:
         scores = problem_scores + np.bincount(o_rows, weights=o_weighted, minlength=self.n_docs) if other else problem_scores
         covered = np.bincount(p_rows, weights=p_mass, minlength=self.n_docs)
         return FieldMatch(scores, problem_scores, covered, total)
+
+    def within_budget(self, term_ids: dict[str, int], budget: int | None) -> tuple[dict[str, int], dict[str, int]]:
+        """Split the query's terms into those read in full to find candidates (the rarest, up to
+        ``budget`` postings, and always the rarest one) and the rest, which are only looked up
+        for the candidates (:meth:`match_rows`). ``budget`` None reads every term in full."""
+        if budget is None:
+            return term_ids, {}
+        first: dict[str, int] = {}
+        rest: dict[str, int] = {}
+        spent = 0
+        for term, i in sorted(term_ids.items(), key=lambda item: int(self.indptr[item[1] + 1] - self.indptr[item[1]])):
+            df = int(self.indptr[i + 1] - self.indptr[i])
+            if not first or spent + df <= budget:
+                first[term] = i
+                spent += df
+            else:
+                rest[term] = i
+        return first, rest
+
+    def match_rows(self, rows: np.ndarray, term_ids: dict[str, int], query_weights: dict[str, float],
+                   problem_terms: set[str]) -> "FieldMatch":
+        """:meth:`match` for the given rows only: a binary search per term in its postings,
+        so a common term costs the number of rows asked for, not its document frequency."""
+        scores = np.zeros(len(rows))
+        problem = np.zeros(len(rows))
+        covered = np.zeros(len(rows))
+        total = 0.0
+        for term, i in term_ids.items():
+            start, end = int(self.indptr[i]), int(self.indptr[i + 1])
+            docs = self.docs[start:end]
+            at = np.minimum(np.searchsorted(docs, rows), max(len(docs) - 1, 0))
+            found = docs[at] == rows if len(docs) else np.zeros(len(rows), dtype=bool)
+            weighted = np.where(found, self.weights[start:end][at], 0.0) * query_weights[term] if len(docs) else scores * 0
+            scores += weighted
+            if term in problem_terms:
+                problem += weighted
+                mass = query_weights[term] * float(self.idf[i])
+                covered += found * mass
+                total += mass
+        return FieldMatch(scores, problem, covered, total)
 
     def contributions(self, row: int, term_ids: dict[str, int], query_weights: dict[str, float]) -> list[tuple[str, float]]:
         """Per-term score of one case: a binary search in each query term's postings."""

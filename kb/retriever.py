@@ -117,6 +117,15 @@ def field_shares(weights: dict[str, Any]) -> dict[str, float]:
     return {name: float(spec["weight"]) / total for name, spec in specs.items()}
 
 
+def postings_budget(weights: dict[str, Any], n: int) -> int | None:
+    """Postings a field reads in full to find candidates; None (all of them) for a base
+    smaller than ``lexical.prune_min_cases``, where reading everything is cheap."""
+    lexical = weights["lexical"]
+    if n < int(lexical.get("prune_min_cases", 1 << 62)):
+        return None
+    return int(lexical["candidate_postings"])
+
+
 def candidates(
     index: LoadedIndex,
     parsed: ParsedQuery,
@@ -126,28 +135,38 @@ def candidates(
     filters: Filters = Filters(),
     limit: int | None = None,
 ) -> Candidates:
+    """The rows worth re-ranking, with all their evidence.
+
+    Each field scores every case from the postings of the query's terms. In a large
+    base only the rarest terms, up to a postings budget, are read in full to choose
+    the candidates; the common ones (which say little: low idf) are then looked up
+    for the candidates alone, so their scores are exact and a query's cost follows
+    the postings it reads rather than the number of cases."""
     semantic_w = float(weights["semantic"]["weight"]) if query_vector is not None and index.vectors is not None else 0.0
     qw = query_term_weights(parsed.tokens, weights, index.entity_words)
     n = len(index)
     shares = field_shares(weights)
-    per_field: dict[str, np.ndarray] = {}
+    budget = postings_budget(weights, n)
     term_ids: dict[str, dict[str, int]] = {}
-    field_scale: dict[str, float] = {}
-    matches: dict[str, FieldMatch] = {}
-    lex = np.zeros(n)
+    matches: dict[str, tuple[FieldMatch, dict[str, int], set[str]]] = {}
+    lex = np.zeros(n)  # what chooses candidates: exact for a small base, the rare terms' share in a large one
     for name, lexical in index.fields.items():
         if not shares.get(name):
             term_ids[name] = {}
             continue
         ids = term_ids[name] = lexical.lookup(qw)
         entity = index.entity[name]
-        found = matches[name] = lexical.match(ids, qw, {t for t, i in ids.items() if not entity[i]})
+        problem_terms = {t for t, i in ids.items() if not entity[i]}
+        first, rest = lexical.within_budget(ids, budget)
+        found = lexical.match(first, qw, problem_terms)
+        matches[name] = (found, rest, problem_terms)
         best = float(found.scores.max()) if n else 0.0
-        field_scale[name] = shares.get(name, 0.0) / best if best > 0 else 0.0
-        per_field[name] = found.scores / best if best > 0 else found.scores
-        lex += shares.get(name, 0.0) * per_field[name]
+        lex += shares[name] * (found.scores / best if best > 0 else found.scores)
     lexical_w = float(weights["lexical"]["weight"])
     limit = min(limit or int(weights["candidates"]), n)
+    wanted = limit
+    if budget is not None:  # chosen on partial scores: take more, keep the best once exact
+        limit = min(limit * int(weights["lexical"].get("prune_pool", 3)), n)
     allowed = allowed_rows(index, filters)
     ivf = index.ivf if semantic_w else None
     if ivf is not None:
@@ -175,14 +194,30 @@ def candidates(
         rows = _top(fused, limit)
         rows = rows[np.isfinite(fused[rows])]
         sem_rows_final = sem_all[rows] if sem_all is not None else np.zeros(len(rows))
+    # Exact lexical evidence of the candidates: the terms left out above are added now.
+    per_field: dict[str, np.ndarray] = {}
     problem_fields: dict[str, np.ndarray] = {}
     coverage_fields: dict[str, np.ndarray] = {}
-    for name, found in matches.items():
-        best = shares.get(name, 0.0) / field_scale[name] if field_scale.get(name) else 0.0
-        if best and found.total:
-            problem_fields[name] = found.problem[rows] / best
-        if found.total:
-            coverage_fields[name] = found.covered[rows] / found.total
+    field_scale: dict[str, float] = {}
+    for name, (found, rest, problem_terms) in matches.items():
+        scores, problem, covered, total = found.scores[rows], found.problem[rows], found.covered[rows], found.total
+        if rest:
+            late = index.fields[name].match_rows(rows, rest, qw, problem_terms)
+            scores, problem, covered, total = scores + late.scores, problem + late.problem, covered + late.covered, total + late.total
+        best = max(float(found.scores.max()) if n else 0.0, float(scores.max()) if len(scores) else 0.0)
+        field_scale[name] = shares[name] / best if best > 0 else 0.0
+        per_field[name] = scores / best if best > 0 else scores
+        if best and total:
+            problem_fields[name] = problem / best
+        if total:
+            coverage_fields[name] = covered / total
+    if len(rows) > wanted:
+        exact = lexical_w * _mix(per_field, shares, len(rows)) + semantic_w * sem_rows_final
+        keep = _top(exact, wanted)
+        rows, sem_rows_final = rows[keep], sem_rows_final[keep]
+        for table in (per_field, problem_fields, coverage_fields):
+            for name in table:
+                table[name] = table[name][keep]
     semantic_best = best_text_cosine(index, rows, query_vector) if semantic_w else np.zeros(len(rows))
     feature_totals = np.zeros(len(rows))
     if parsed.features:
@@ -190,7 +225,7 @@ def candidates(
             feature_totals[j] = combine(parsed.features, index.features(int(row)), weights, index.lexicon, explain=False)[0]
     return Candidates(
         rows=rows,
-        lexical=lex[rows],
+        lexical=_mix(per_field, shares, len(rows)),
         lexical_problem=_mix(problem_fields, shares, len(rows)),
         semantic=sem_rows_final,
         semantic_best=semantic_best,
@@ -198,7 +233,7 @@ def candidates(
         coverage=_mix(coverage_fields, shares, len(rows)),
         problem_fields=problem_fields,
         coverage_fields=coverage_fields,
-        fields={name: per_field[name][rows] if name in per_field else np.zeros(len(rows)) for name in index.fields},
+        fields={name: per_field.get(name, np.zeros(len(rows))) for name in index.fields},
         term_ids=term_ids,
         query_weights=qw,
         field_scale=field_scale,

@@ -75,8 +75,10 @@ def _concept_similarity(group: str, q: str, case: dict[str, Any], spec: dict[str
     return best, best_value
 
 
-def local_similarity(name: str, spec: dict[str, Any], query_values: list, case: dict[str, Any], lexicon: Lexicon) -> tuple[float, Any, Any]:
-    """Similarity in [0, 1] of one feature, with the query and case values that produced it."""
+def local_similarity(name: str, spec: dict[str, Any], query_values: list, case: dict[str, Any], lexicon: Lexicon,
+                     explain: bool = True) -> tuple[float, Any, Any]:
+    """Similarity in [0, 1] of one feature, with the query and case values that produced it
+    (with ``explain=False``, the values may be left out where finding them costs extra)."""
     kind = spec["sim"]
     case_values = case.get(name, [])
     if kind == "concept":
@@ -107,6 +109,8 @@ def local_similarity(name: str, spec: dict[str, Any], query_values: list, case: 
     if kind == "log_ratio":
         span = float(spec.get("span", 3.0))
         per_query = [max(log_ratio(q, c, span) for c in case_values) for q in query_values]
+        if not explain:
+            return sum(per_query) / len(per_query), query_values, None
         nearest = [min(case_values, key=lambda c: abs(math.log(max(c, _FLOOR) / max(q, _FLOOR)))) for q in query_values]
         return sum(per_query) / len(per_query), query_values, nearest
     raise ValueError(f"weights.yaml: feature {name!r} has unknown sim kind {kind!r}")
@@ -132,7 +136,7 @@ def combine(query: dict[str, list], case: dict[str, Any], weights: dict[str, Any
     total = 0.0
     for name in present:
         spec = specs[name]
-        sim, q, c = local_similarity(name, spec, query[name], case, lexicon)
+        sim, q, c = local_similarity(name, spec, query[name], case, lexicon, explain)
         part = spec["weight"] * sim / denominator
         total += part
         if explain:

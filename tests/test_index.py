@@ -221,3 +221,20 @@ def test_parallel_build_writes_the_same_index(tmp_path, documents, monkeypatch):
     assert names == sorted(p.name for p in parallel.iterdir())
     for name in names:
         assert (serial / name).read_bytes() == (parallel / name).read_bytes(), name
+
+
+def test_match_rows_agrees_with_match(index):
+    """The per-row lookup used for common terms gives what the full pass gives at those rows."""
+    field = index.fields["tags"]
+    query = {str(t): 1.0 + i % 3 for i, t in enumerate(field.terms[:40])}
+    ids = field.lookup(query)
+    problem = set(list(ids)[::2])
+    full = field.match(ids, query, problem)
+    rows = np.array([0, 3, 7, len(index) - 1, 5], dtype=np.int64)
+    some = field.match_rows(rows, ids, query, problem)
+    for name in ("scores", "problem", "covered"):
+        assert np.allclose(getattr(some, name), getattr(full, name)[rows])
+    assert some.total == pytest.approx(full.total)
+    first, rest = field.within_budget(ids, 10)
+    assert first and set(first) | set(rest) == set(ids) and not set(first) & set(rest)
+    assert field.within_budget(ids, None) == (ids, {})

@@ -164,3 +164,22 @@ def test_model_version_filter_is_narrower_than_family(kb):
     family = kb.search("loss", k=20, filters=Filters(model="gemma"))
     assert len(family.hits) > len(gemma3.hits)  # the family keeps Gemma 2 and Gemma 4 cases too
     assert kb.search("loss", k=10, filters=Filters(model="no-such-model-xyz")).hits == []
+
+
+@pytest.mark.parametrize("query", ["gemma3 loss 70 zero3", "预训练 loss 停在 2.8 不降", "qwen lora loss 0 fp16 nan"])
+def test_postings_budget_keeps_exact_scores(kb, query):
+    """A large base reads only the rarest terms in full; the common ones are looked up for the
+    candidates. When the candidate pool covers the base, the answer must not change at all."""
+    import copy
+
+    from kb.parser import parse
+    from kb.retriever import search
+
+    index = kb.index()
+    pruned = copy.deepcopy(index.weights)
+    pruned["lexical"].update(prune_min_cases=1, candidate_postings=3, prune_pool=len(index))
+    parsed = parse(query, index.lexicon, index.stopwords)
+    full = search(index, parsed, k=10, embed=kb._embedder(index))
+    cheap = search(index, parsed, k=10, weights=pruned, embed=kb._embedder(index))
+    assert [(h.case_id, round(h.score, 6)) for h in cheap.hits] == [(h.case_id, round(h.score, 6)) for h in full.hits]
+    assert cheap.abstained == full.abstained and [h.confident for h in cheap.hits] == [h.confident for h in full.hits]

@@ -138,7 +138,7 @@ class Lexicon:
         self._prefixes: frozenset[str] = frozenset(
             " ".join(words[:n]) for words in (key.split(" ") for key in self._ascii) for n in range(1, len(words) + 1)
         )
-        self._cue_patterns = {name: _cue_pattern(spec) for name, spec in compiled["cues"].items()}
+        self._cue_patterns: dict[str, re.Pattern[str]] = {}  # compiled on first use: a cold query needs few
         self._automaton = None
 
     def _cjk_automaton(self):
@@ -206,11 +206,14 @@ class Lexicon:
         return None
 
     def cue_pattern(self, name: str) -> re.Pattern[str]:
-        return self._cue_patterns[name]
+        pattern = self._cue_patterns.get(name)
+        if pattern is None:
+            pattern = self._cue_patterns[name] = _cue_pattern(self.compiled["cues"][name])
+        return pattern
 
     def has_cue(self, name: str) -> bool:
         """Cues added later are optional, so an index built with an older lexicon still answers."""
-        return name in self._cue_patterns
+        return name in self.compiled["cues"]
 
 
 def _cuts_number(norm: str, end: int) -> bool:

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benches"))
 
 from fit_weights import (  # noqa: E402
-    DEFAULT_REPORTS, Report, collect, cross_validate, mix_shares, prepare, print_summary, ranking, reciprocal_rank,
+    DEFAULT_REPORTS, MAX_FALSE_ABSTAIN, PRECISION, Report, collect, cross_validate, mix_shares, prepare, print_summary, ranking, reciprocal_rank,
 )
 from kb.index import case_fields  # noqa: E402
 from kb.lexicon import normalize  # noqa: E402
@@ -219,7 +219,7 @@ def main() -> None:
         best_peer = max(best_peer, m["mrr"])
         print_row(name, m)
     print()
-    cv = cross_validate(reports, ids, 5, 0.92, 0.03, prepare(kb))
+    cv = cross_validate(reports, ids, 5, PRECISION, MAX_FALSE_ABSTAIN, prepare(kb))
     print_summary("kbq, 5-fold cross-validated (benches/fit_weights.py)", cv)
     print(f"cross-validated kbq MRR - best peer MRR = {cv['mrr'] - best_peer:+.3f}")
 

@@ -44,6 +44,8 @@ DEFAULT_REPORTS = ROOT.parent / "shared" / "eval" / "real_reports.jsonl"
 # Written query sets, used as extra *training* examples for the confidence models only (their
 # 'none' questions teach abstention); they are never part of a cross-validation test fold.
 EXTRA_TRAINING = [ROOT.parent / "shared" / "eval" / "dev_queries.jsonl", ROOT / "tests" / "eval_queries.jsonl"]
+PRECISION = 0.95  # confident precision asked of the training folds
+MAX_FALSE_ABSTAIN = 0.02  # share of answerable training reports allowed to abstain
 GRID = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5]
 SWEEPS = 3
 INPUTS = ("score", "margin", "lexical_problem", "semantic", "semantic_best", "features", "coverage")
@@ -306,8 +308,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("reports", nargs="?", type=Path, default=DEFAULT_REPORTS)
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--precision", type=float, default=0.95, help="confident precision asked of the training folds")
-    parser.add_argument("--max-false-abstain", type=float, default=0.02, help="share of answerable training reports allowed to abstain")
+    parser.add_argument("--precision", type=float, default=PRECISION, help="confident precision asked of the training folds")
+    parser.add_argument("--max-false-abstain", type=float, default=MAX_FALSE_ABSTAIN, help="share of answerable training reports allowed to abstain")
     parser.add_argument("--home", type=Path, help="kbq data directory to reuse (model and vector caches)")
     parser.add_argument("--min-features", type=float, default=0.1,
                         help="floor of features.weight: the MRR surface is flat, and without a floor the search may leave "

@@ -141,12 +141,6 @@ class LexicalIndex:
     def __len__(self) -> int:
         return len(self.terms)
 
-    def term_id(self, term: str) -> int | None:
-        if not len(self.terms):
-            return None
-        i = int(np.searchsorted(self.terms, term))
-        return i if i < len(self.terms) and self.terms[i] == term else None
-
     def lookup(self, terms: Iterable[str]) -> dict[str, int]:
         """Term ids of the terms this field has: one vectorised binary search for all of them."""
         wanted = list(terms)
@@ -164,10 +158,6 @@ class LexicalIndex:
         start, end = int(self.indptr[term_id]), int(self.indptr[term_id + 1])
         return self.docs[start:end], self.weights[start:end]
 
-    def max_score(self, term_ids: dict[str, int], query_weights: dict[str, float]) -> float:
-        """The score a case would get by matching every query term as strongly as BM25 allows."""
-        return sum(query_weights[t] * float(self.idf[i]) * (self.k1 + 1.0) for t, i in term_ids.items())
-
     def _gather(self, chosen: list[tuple[str, int]], query_weights: dict[str, float]):
         """The chosen terms' postings concatenated: rows, query-weighted BM25 weights, and
         each posting's idf mass (query weight x idf) with the total of that mass."""
@@ -182,13 +172,6 @@ class LexicalIndex:
         qw = np.array([query_weights[t] for t, _ in chosen])
         mass = qw * self.idf[[i for _, i in chosen]]
         return rows, weights * np.repeat(qw, lengths), np.repeat(mass, lengths), float(mass.sum())
-
-    def scores(self, term_ids: dict[str, int], query_weights: dict[str, float], mask_terms: set[str] | None = None) -> np.ndarray:
-        """Dense score vector over all cases, built from the postings of the query's terms only
-        (np.bincount over the concatenated postings). ``mask_terms`` restricts to a subset."""
-        chosen = [(t, i) for t, i in term_ids.items() if mask_terms is None or t in mask_terms]
-        rows, weighted, _, _ = self._gather(chosen, query_weights)
-        return np.bincount(rows, weights=weighted, minlength=self.n_docs)
 
     def match(self, term_ids: dict[str, int], query_weights: dict[str, float], problem_terms: set[str]) -> "FieldMatch":
         """Everything the retriever needs of this field in one pass over the postings: the
@@ -232,10 +215,10 @@ class LexicalIndex:
         total = 0.0
         for term, i in term_ids.items():
             start, end = int(self.indptr[i]), int(self.indptr[i + 1])
-            docs = self.docs[start:end]
-            at = np.minimum(np.searchsorted(docs, rows), max(len(docs) - 1, 0))
-            found = docs[at] == rows if len(docs) else np.zeros(len(rows), dtype=bool)
-            weighted = np.where(found, self.weights[start:end][at], 0.0) * query_weights[term] if len(docs) else scores * 0
+            docs = self.docs[start:end]  # a looked-up term has at least one posting
+            at = np.minimum(np.searchsorted(docs, rows), len(docs) - 1)
+            found = docs[at] == rows
+            weighted = np.where(found, self.weights[start:end][at], 0.0) * query_weights[term]
             scores += weighted
             if term in problem_terms:
                 problem += weighted
@@ -243,14 +226,3 @@ class LexicalIndex:
                 covered += found * mass
                 total += mass
         return FieldMatch(scores, problem, covered, total)
-
-    def contributions(self, row: int, term_ids: dict[str, int], query_weights: dict[str, float]) -> list[tuple[str, float]]:
-        """Per-term score of one case: a binary search in each query term's postings."""
-        parts = []
-        for term, i in term_ids.items():
-            docs, weights = self.postings(i)
-            j = int(np.searchsorted(docs, row))
-            if j < len(docs) and int(docs[j]) == row:
-                parts.append((term, float(weights[j]) * query_weights[term]))
-        parts.sort(key=lambda p: -p[1])
-        return parts

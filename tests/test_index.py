@@ -60,7 +60,7 @@ def test_bm25_matches_the_textbook_formula():
     lexical = LexicalIndex(arrays, len(docs), k1)
     average = sum(map(len, docs)) / len(docs)
     query = {"loss": 1.0, "oom": 2.0, "absent": 1.0}
-    got = lexical.scores(lexical.lookup(query), query)
+    got = lexical.match(lexical.lookup(query), query, {"oom"}).scores
     for row, doc in enumerate(docs):
         expected = 0.0
         for term, weight in query.items():
@@ -70,8 +70,8 @@ def test_bm25_matches_the_textbook_formula():
                 idf = math.log(1 + (len(docs) - df + 0.5) / (df + 0.5))
                 expected += weight * idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len(doc) / average))
         assert got[row] == pytest.approx(expected, rel=1e-5)
-    contributions = dict(lexical.contributions(2, lexical.lookup(query), query))
-    assert set(contributions) == {"oom"} and contributions["oom"] == pytest.approx(got[2], rel=1e-5)
+    problem_only = lexical.match(lexical.lookup(query), query, {"oom"})
+    assert problem_only.problem[2] == pytest.approx(got[2], rel=1e-5) and problem_only.problem[0] == 0.0
 
 
 def test_postings_are_arrays_on_disk_and_memory_mapped(index):

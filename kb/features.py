@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .lexicon import Lexicon, normalize
+from .lexicon import Lexicon, Match, normalize
 from .parser import extract_features
 
 _SIZE = re.compile(r"(?:(\d+)\s*x\s*)?(\d+(?:\.\d+)?)\s*b\b")
@@ -42,10 +42,17 @@ def _concept(lexicon: Lexicon, group: str, value: Any) -> str | None:
     return lexicon.resolve(group, text) or normalize(text).strip()
 
 
-def case_features(doc: dict[str, Any], lexicon: Lexicon, symptoms: list[str] | None = None) -> dict[str, Any]:
+def prose_text(doc: dict[str, Any]) -> str:
+    """The case's own prose (title, then symptom), normalized: where features are read from."""
+    return normalize(f"{doc['title']}\n{doc['symptom']}")
+
+
+def case_features(doc: dict[str, Any], lexicon: Lexicon, symptoms: list[str] | None = None,
+                  prose: tuple[str, list[Match]] | None = None) -> dict[str, Any]:
     """Feature values of one case document (see ``kb.models.Case.to_document``).
 
-    ``symptoms`` may carry the symptom concepts the caller already found in the case's
+    ``prose`` may carry the normalized title and symptom (see :func:`prose_text`) with their
+    lexicon matches, and ``symptoms`` the symptom concepts the caller already found in the case's
     title, symptom, tags and user phrasing (the index build has them from tokenizing)."""
     model, framework = doc["model"], doc["framework"]
     config: dict[str, Any] = doc.get("config", {})
@@ -106,12 +113,13 @@ def case_features(doc: dict[str, Any], lexicon: Lexicon, symptoms: list[str] | N
                 feats[name] = [value]
                 break
 
-    prose = normalize(f"{doc['title']}\n{doc['symptom']}")
-    prose_matches = lexicon.find(prose)
-    from_prose = extract_features(prose, prose_matches, lexicon)
+    if prose is None:
+        text = prose_text(doc)
+        prose = (text, lexicon.find(text))
+    from_prose = extract_features(prose[0], prose[1], lexicon)
     if symptoms is None:
         phrasing = doc.get("user_phrasing") or {}
-        told = normalize("\n".join([prose, " ".join(doc.get("tags", [])), phrasing.get("en", ""), phrasing.get("zh", ""), *phrasing.get("queries", [])]))
+        told = normalize("\n".join([prose[0], " ".join(doc.get("tags", [])), phrasing.get("en", ""), phrasing.get("zh", ""), *phrasing.get("queries", [])]))
         symptoms = [m.concept for m in lexicon.find(told) if m.group == "symptom"]
     feats["symptom"] = sorted(set(symptoms))
     for name, values in from_prose.items():

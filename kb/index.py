@@ -36,9 +36,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .features import case_features
+from .features import case_features, prose_text
 from .lexical import ENTITY_GROUPS, FieldCounts, LexicalIndex, build_postings, concept_group, count_tokens
-from .lexicon import LEXICON_FILE, Lexicon, compile_lexicon, load_lexicon_source, normalize
+from .lexicon import LEXICON_FILE, Lexicon, Match, compile_lexicon, load_lexicon_source, normalize
 from .paths import data_file
 from .tokenize import Stopwords, tokenize_normalized
 
@@ -184,17 +184,34 @@ def _analyse(documents: Sequence[dict[str, Any]], first_row: int, fields: Sequen
     features = []
     for doc in documents:
         symptoms: list[str] = []
+        found: dict[str, tuple[str, list[Match]]] = {}
         for name, text in case_fields(doc).items():
             if name not in tokens and name not in TOLD_FIELDS:
                 continue
             norm = normalize(text)
             matches = lexicon.find(norm)
+            found[name] = (norm, matches)
             if name in TOLD_FIELDS:
                 symptoms.extend(m.concept for m in matches if m.group == "symptom")
             if name in tokens:
                 tokens[name].append(tokenize_normalized(norm, lexicon, stopwords, matches))
-        features.append(case_features(doc, lexicon, symptoms))
+        features.append(case_features(doc, lexicon, symptoms, _prose(doc, found, lexicon)))
     return _Analysis({name: count_tokens(lists, first_row) for name, lists in tokens.items()}, features)
+
+
+def _prose(doc: dict[str, Any], found: dict[str, tuple[str, list[Match]]], lexicon: Lexicon) -> tuple[str, list[Match]] | None:
+    """The case's prose (:func:`kb.features.prose_text`) with its matches, put together from
+    the title's and the symptom's, which tokenizing already found. None (search the joined
+    text) when the parts do not join exactly or an alias could span the line between them."""
+    title, symptom = found.get("title"), found.get("symptom")
+    text = prose_text(doc)
+    if title is None or symptom is None or text != f"{title[0]}\n{symptom[0]}":
+        return None
+    head, tail = title[0][-80:], symptom[0][:80]
+    if any(m.start < len(head) < m.end for m in lexicon.find(f"{head}\n{tail}")):
+        return None
+    shift = len(title[0]) + 1
+    return text, [*title[1], *(Match(m.group, m.concept, m.start + shift, m.end + shift) for m in symptom[1])]
 
 
 # Set in the parent just before worker processes fork; they read it instead of receiving

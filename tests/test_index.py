@@ -238,3 +238,22 @@ def test_match_rows_agrees_with_match(index):
     first, rest = field.within_budget(ids, 10)
     assert first and set(first) | set(rest) == set(ids) and not set(first) & set(rest)
     assert field.within_budget(ids, None) == (ids, {})
+
+
+def test_prose_matches_are_put_together_exactly(documents):
+    """Features read the title and symptom joined; the build reuses each part's matches."""
+    from kb.features import prose_text
+    from kb.index import _prose
+    from kb.lexicon import Lexicon, normalize
+
+    lexicon = Lexicon.from_file()
+
+    def parts(doc):
+        return {name: (normalize(doc[name]), lexicon.find(normalize(doc[name]))) for name in ("title", "symptom")}
+
+    for doc in documents:
+        text = prose_text(doc)
+        assert _prose(doc, parts(doc), lexicon) == (text, lexicon.find(text))
+    spanning = dict(documents[0], title="Fine-tuning gemma", symptom="3 with the loss far too high")
+    assert any(m.concept == "gemma-3" for m in lexicon.find(prose_text(spanning)))
+    assert _prose(spanning, parts(spanning), lexicon) is None  # an alias across the line: search the whole

@@ -165,23 +165,24 @@ class Lexicon:
     def find(self, norm: str) -> list[Match]:
         """All concept matches in normalized text; longest wins where spans overlap."""
         candidates: list[tuple[int, int, list[list[str]]]] = []
-        words = [(m.group(), m.start(), m.end()) for m in _ASCII_WORD.finditer(norm)]
+        words = _ASCII_WORD.findall(norm)
         prefixes = self._prefixes
-        for i in range(len(words)):
-            key = words[i][0]
-            if key not in prefixes:  # most words start no alias: one set look-up and on
-                continue
+        # most words start no alias: one set look-up each, and positions only when one does
+        firsts = [i for i, word in enumerate(words) if word in prefixes]
+        spans = [m.span() for m in _ASCII_WORD.finditer(norm)] if firsts else []
+        for i in firsts:
+            key = words[i]
             end_limit = min(len(words), i + self._max_words)
             for j in range(i, end_limit):
                 if j > i:
-                    if not _JOINER.fullmatch(norm[words[j - 1][2] : words[j][1]]):
+                    if not _JOINER.fullmatch(norm, spans[j - 1][1], spans[j][0]):
                         break
-                    key = f"{key} {words[j][0]}"
+                    key = f"{key} {words[j]}"
                     if key not in prefixes:
                         break
                 targets = self._ascii.get(key)
-                if targets and not _cuts_number(norm, words[j][2]):
-                    candidates.append((words[i][1], words[j][2], targets))
+                if targets and not _cuts_number(norm, spans[j][1]):
+                    candidates.append((spans[i][0], spans[j][1], targets))
         if has_cjk(norm):
             for end, key in self._cjk_automaton().iter(norm):
                 candidates.append((end + 1 - len(key), end + 1, self._cjk[key]))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from .lexicon import CJK_CHARS, Lexicon, Match, concept_token, normalize
 
@@ -36,6 +37,7 @@ class Stopwords:
         return cls(frozenset(normalize(w) for w in english), splitter)
 
 
+@lru_cache(maxsize=1 << 16)
 def fold_suffix(word: str) -> str:
     """A deliberately tiny stemmer for alphabetic words of 4+ letters.
 

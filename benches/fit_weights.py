@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kb.parser import parse  # noqa: E402
-from kb.retriever import Candidates, candidates, confidence_inputs  # noqa: E402
+from kb.retriever import Candidates, candidates, confidence_inputs, semantic_query_text  # noqa: E402
 from kb.service import KnowledgeBase  # noqa: E402
 
 DEFAULT_REPORTS = ROOT.parent / "shared" / "eval" / "real_reports.jsonl"
@@ -80,7 +80,7 @@ def collect(kb: KnowledgeBase, path: Path) -> tuple[list[Report], list[str]]:
     reports = []
     for row in rows:
         parsed = parse(row["query"], index.lexicon, index.stopwords)
-        vector = kb.embed(getattr(parsed, "clean_text", None) or parsed.text) if index.semantic_model else None
+        vector = kb.embed(semantic_query_text(parsed)) if index.semantic_model else None
         evidence = candidates(index, parsed, weights, query_vector=vector, limit=len(index))
         expected = {references.get(e, e) for e in row.get("expected", [])}
         reports.append(Report(row["query"], expected, row.get("lang", ""), evidence, row.get("kind", "")))

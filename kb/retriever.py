@@ -421,6 +421,12 @@ def search(
     )
 
 
+# The sentence encoder reads at most this much of a report. Its cost grows with the text
+# (about 7 ms for 100 characters, 65 ms for 2,400 here) while a sentence encoder's vector of
+# a long paste says little more than its opening: the description before the logs.
+SEMANTIC_QUERY_CHARS = 1000
+
+
 def semantic_query_text(parsed: ParsedQuery) -> str:
     """What the sentence encoder reads: the cleaned report when the parser made one."""
-    return getattr(parsed, "clean_text", None) or parsed.text
+    return (getattr(parsed, "clean_text", None) or parsed.text)[:SEMANTIC_QUERY_CHARS]

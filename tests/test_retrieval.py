@@ -183,3 +183,15 @@ def test_postings_budget_keeps_exact_scores(kb, query):
     cheap = search(index, parsed, k=10, weights=pruned, embed=kb._embedder(index))
     assert [(h.case_id, round(h.score, 6)) for h in cheap.hits] == [(h.case_id, round(h.score, 6)) for h in full.hits]
     assert cheap.abstained == full.abstained and [h.confident for h in cheap.hits] == [h.confident for h in full.hits]
+
+
+def test_long_paste_embeds_its_opening_only(kb):
+    """The encoder's cost grows with the text; a long paste is cut to its opening."""
+    from kb.parser import parse
+    from kb.retriever import SEMANTIC_QUERY_CHARS, semantic_query_text
+
+    index = kb.index()
+    report = "Loss becomes nan after 300 steps with fp16 on 8 A100. " * 100
+    text = semantic_query_text(parse(report, index.lexicon, index.stopwords))
+    assert len(text) == SEMANTIC_QUERY_CHARS and report.startswith(text[:200])
+    assert kb.search(report, k=3).hits  # and the search itself still answers

@@ -33,6 +33,23 @@ def test_cached_loader_matches_the_package(tmp_path, reference):
     assert np.allclose(again, reference, atol=1e-5)
 
 
+def test_warm_process_switches_to_a_dict_and_embeds_the_same(tmp_path, reference):
+    """One text at a time, the copy's packed prefix table is searched in place; a process that
+    keeps encoding (a server) turns it into a dict. Both must tokenize exactly alike."""
+    from kb.semantic import WARM_TEXTS, _PackedPrefixes
+
+    Encoder(tmp_path).encode(TEXTS[:1])  # writes the copy
+    encoder = Encoder(tmp_path)
+    packed = encoder._load().sp._prefixes
+    assert isinstance(packed, _PackedPrefixes)
+    one_by_one = [encoder.encode([text])[0] for text in TEXTS * (WARM_TEXTS // len(TEXTS) + 2)]
+    assert isinstance(encoder._load().sp._prefixes, dict)
+    table = encoder._load().sp._prefixes
+    assert len(table) == len(packed._values) and all(packed.get(k) == v for k, v in table.items())
+    assert np.allclose(np.array(one_by_one[: len(TEXTS)]), reference, atol=1e-5)
+    assert np.allclose(np.array(one_by_one[-len(TEXTS):]), reference, atol=1e-5)
+
+
 def test_damaged_cache_falls_back_to_the_package(tmp_path, reference):
     encoder = Encoder(tmp_path)
     encoder.encode(TEXTS[:1])

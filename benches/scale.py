@@ -349,12 +349,14 @@ def build_queries(vocab_docs: list[dict[str, Any]], self_cases: list[dict[str, A
 
 
 def memory_mb() -> dict[str, float]:
-    """VmRSS and VmHWM of this process, in MB (ru_maxrss where /proc is missing)."""
+    """VmRSS and VmHWM of this process, and VmRSS split into RssAnon (the process's own
+    memory) and RssFile (pages of mapped files: the index, reclaimable page cache), in MB
+    (ru_maxrss where /proc is missing)."""
     out: dict[str, float] = {}
     try:
         with open("/proc/self/status", encoding="ascii") as handle:
             for line in handle:
-                if line.startswith(("VmRSS:", "VmHWM:")):
+                if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:", "RssFile:")):
                     out[line.split(":")[0]] = int(line.split()[1]) / 1024
     except OSError:
         import resource
@@ -860,6 +862,7 @@ def table(results: list[dict[str, Any]]) -> str:
     add("  p50 en / zh / paste / self, ms", lambda r: kinds(_get(r, "warm", "latency")))
     add("  index load / first query, ms", lambda r: f"{_ms(_get(r, 'warm', 'load_seconds'))} / {_ms(_get(r, 'warm', 'first_query_seconds'))}")
     add("warm kbq RSS / VmHWM, MB", lambda r: f"{_s(_get(r, 'warm', 'memory', 'VmRSS'), 0)} / {_s(_get(r, 'warm', 'memory', 'VmHWM'), 0)}")
+    add("  of which anonymous / mapped files, MB", lambda r: f"{_s(_get(r, 'warm', 'memory', 'RssAnon'), 0)} / {_s(_get(r, 'warm', 'memory', 'RssFile'), 0)}")
     add("kbq self-reports R@1 / R@5", lambda r: _pct(_get(r, "warm", "recall")))
     add("kbq abstained: all / self-reports", lambda r: f"{sum(_get(r, 'warm', 'abstained', default={}).values())} / {_get(r, 'warm', 'abstained', 'self', default=0)}" if r.get("warm") else "-")
     add("kbq errors (of queries)", lambda r: f"{_get(r, 'warm', 'errors', default='-')} ({_get(r, 'warm', 'latency', 'n', default='-')})")

@@ -432,7 +432,7 @@ class LoadedIndex:
         return _cached(self._doc_cache, self._docs, row, 4096)
 
     def features(self, row: int) -> dict[str, Any]:
-        return _cached(self._feature_cache, self._features, row, 65536)
+        return _cached(self._feature_cache, self._features, row, 8192)  # ~45 MB when full
 
     def document_by_id(self, case_id: str) -> dict[str, Any] | None:
         row = self.row(case_id)

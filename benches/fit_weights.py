@@ -68,7 +68,7 @@ def fold_of(query: str, folds: int) -> int:
     return int(hashlib.sha1(query.encode("utf-8")).hexdigest(), 16) % folds
 
 
-def collect(kb: KnowledgeBase, path: Path) -> tuple[list[Report], list[str]]:
+def collect(kb: KnowledgeBase, path: Path, semantic: bool = True) -> tuple[list[Report], list[str]]:
     index = kb.index()
     references = {source: case["id"] for case in index.all_documents() for source in [case["id"], *case["sources"]]}
     # Every field scored (each is scaled by its own best case, so this does not depend on the
@@ -80,7 +80,7 @@ def collect(kb: KnowledgeBase, path: Path) -> tuple[list[Report], list[str]]:
     reports = []
     for row in rows:
         parsed = parse(row["query"], index.lexicon, index.stopwords)
-        vector = kb.embed(semantic_query_text(parsed)) if index.semantic_model else None
+        vector = kb.embed(semantic_query_text(parsed)) if index.semantic_model and semantic else None
         evidence = candidates(index, parsed, weights, query_vector=vector, limit=len(index))
         expected = {references.get(e, e) for e in row.get("expected", [])}
         reports.append(Report(row["query"], expected, row.get("lang", ""), evidence, row.get("kind", "")))
@@ -227,7 +227,12 @@ class Fitted:
 
 def fit(reports: list[Report], ids: list[str], precision: float, max_false: float, extra: list[Report] = ()) -> Fitted:
     """The mix from ``reports``; the confidence models from ``reports`` plus ``extra``."""
-    mix = best_mix(reports, ids)
+    return fit_confidence(best_mix(reports, ids), reports, ids, precision, max_false, extra)
+
+
+def fit_confidence(mix: Mix, reports: list[Report], ids: list[str], precision: float, max_false: float,
+                   extra: list[Report] = ()) -> Fitted:
+    """The two confidence models for a given mix."""
     x, right, answerable = evidence_rows(reports, ids, mix)
     confident = fit_logistic(x, right)
     t_conf = confident_threshold(probability(confident, x), right, precision)
@@ -244,15 +249,21 @@ def cross_validate(reports: list[Report], ids: list[str], folds: int, precision:
     for fold in range(folds):
         train = [r for r in reports if fold_of(r.query, folds) != fold]
         test = [r for r in reports if fold_of(r.query, folds) == fold]
-        fitted = fit(train, ids, precision, max_false, extra)
-        x, right, answerable = evidence_rows(test, ids, fitted.mix)
-        p_conf = probability(fitted.confident, x)
-        p_any = probability(fitted.answerable, x)
-        for r, pc, pa, ok in zip(test, p_conf, p_any, right):
-            ranked = ranking(r, ids, fitted.mix)[0]
-            abstained = pa < fitted.t_answerable
-            outcomes.append((r, reciprocal_rank(r, ranked), ranked, bool(pc >= fitted.t_confident and not abstained), bool(abstained), bool(ok)))
+        outcomes += score_fold(fit(train, ids, precision, max_false, extra), test, ids)
     return summarize(outcomes)
+
+
+def score_fold(fitted: Fitted, test: list[Report], ids: list[str]) -> list[tuple]:
+    """Each held-out report scored with what was fitted on the other folds."""
+    x, right, _ = evidence_rows(test, ids, fitted.mix)
+    p_conf = probability(fitted.confident, x)
+    p_any = probability(fitted.answerable, x)
+    outcomes = []
+    for r, pc, pa, ok in zip(test, p_conf, p_any, right):
+        ranked = ranking(r, ids, fitted.mix)[0]
+        abstained = pa < fitted.t_answerable
+        outcomes.append((r, reciprocal_rank(r, ranked), ranked, bool(pc >= fitted.t_confident and not abstained), bool(abstained), bool(ok)))
+    return outcomes
 
 
 def summarize(outcomes) -> dict:
@@ -337,6 +348,20 @@ def main() -> None:
     print("  lexical.fields weights: " + ", ".join(f"{k[6:]}: {v:.2f}" for k, v in fitted.mix.items() if k.startswith("field:")))
     print(f"  confidence.confident: {logistic_yaml(fitted.confident, fitted.t_confident)}")
     print(f"  confidence.answerable: {logistic_yaml(fitted.answerable, fitted.t_answerable)}")
+
+    # With the semantic stage off (KBQ_SEMANTIC=0) the cosines are 0, so the models above would
+    # abstain on nearly everything: the same mix gets confidence models of its own.
+    lexical_reports, _ = collect(kb, args.reports, semantic=False)
+    lexical_extra = [r for path in EXTRA_TRAINING if path.exists() for r in collect(kb, path, semantic=False)[0]]
+    outcomes = []
+    for fold in range(args.folds):
+        train = [r for r in lexical_reports if fold_of(r.query, args.folds) != fold]
+        test = [r for r in lexical_reports if fold_of(r.query, args.folds) == fold]
+        outcomes += score_fold(fit_confidence(fitted.mix, train, ids, args.precision, args.max_false_abstain, lexical_extra), test, ids)
+    print_summary("\nsemantic stage off: confidence models cross-validated (mix as above)", summarize(outcomes))
+    lexical = fit_confidence(fitted.mix, lexical_reports, ids, args.precision, args.max_false_abstain, lexical_extra)
+    print(f"  confidence.lexical_only.confident: {logistic_yaml(lexical.confident, lexical.t_confident)}")
+    print(f"  confidence.lexical_only.answerable: {logistic_yaml(lexical.answerable, lexical.t_answerable)}")
 
 
 if __name__ == "__main__":

@@ -372,11 +372,13 @@ def search(
     has_evidence = (c.lexical > 0) | (c.semantic > float(weights["semantic"].get("min_cosine", 0.0)))
     order = np.array([j for j in np.lexsort((c.rows, -scores)) if has_evidence[j]], dtype=np.int64)
     settings = weights["confidence"]
+    # Without the semantic stage its inputs are 0; those models were fitted on exactly that.
+    models = settings if semantic_on else settings.get("lexical_only", settings)
     inputs = confidence_inputs(c, scores, order)
-    p_answerable = probability(inputs, settings["answerable"])
-    p_confident = probability(inputs, settings["confident"])
-    no_case = not len(order) or p_answerable < float(settings["answerable"]["threshold"])
-    threshold = float(settings["confident"]["threshold"])
+    p_answerable = probability(inputs, models["answerable"])
+    p_confident = probability(inputs, models["confident"])
+    no_case = not len(order) or p_answerable < float(models["answerable"]["threshold"])
+    threshold = float(models["confident"]["threshold"])
     top_confident = bool(not no_case and p_confident >= threshold and float(c.lexical_problem[order[0]]) > 0)
     hits: list[Hit] = []
     text_weight = float(weights["lexical"]["weight"])

@@ -195,3 +195,16 @@ def test_long_paste_embeds_its_opening_only(kb):
     text = semantic_query_text(parse(report, index.lexicon, index.stopwords))
     assert len(text) == SEMANTIC_QUERY_CHARS and report.startswith(text[:200])
     assert kb.search(report, k=3).hits  # and the search itself still answers
+
+
+def test_semantic_stage_off_still_answers(tmp_path_factory):
+    """KBQ_SEMANTIC=0 has confidence models of its own: without them every answer abstained."""
+    lexical = KnowledgeBase(home=tmp_path_factory.mktemp("lexical-home"))
+    lexical.semantic = False
+    outcome = lexical.search("gemma3 loss 70 zero3", k=3)
+    assert lexical.index().vectors is None or lexical._embedder(lexical.index()) is None
+    assert not outcome.abstained and outcome.hits[0].case_id == "llamafactory-7416" and outcome.hits[0].confident
+    for case_id, queries in SEED_QUERIES.items():
+        for query in queries:
+            found = lexical.search(query, k=5)
+            assert not found.abstained and found.hits[0].case_id == case_id, query

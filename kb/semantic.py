@@ -165,8 +165,8 @@ class Encoder:
             for name in _ARRAYS:
                 np.save(tmp / f"{name}.npy", getattr(backend, name))
             for name in _LISTS:
-                for i, array in enumerate(getattr(backend, name)):
-                    np.save(tmp / f"{name}_{i}.npy", array)
+                for i, values in enumerate(getattr(backend, name)):
+                    np.save(tmp / f"{name}_{i}.npy", values)
             np.save(tmp / "eps.npy", np.float64(backend.eps))
             np.save(tmp / "feat_dim.npy", np.int64(backend._feat_dim))
             _write_tokenizer(backend.sp, tmp)
@@ -391,9 +391,9 @@ class VectorCache:
         all_keys = np.frombuffer(b"".join(order + fresh_keys), dtype=np.uint8).reshape(-1, 20)
         vectors = np.concatenate([np.asarray(stored), fresh]) if len(stored) else fresh
         generation = os.urandom(8).hex()
-        for name, array in (("keys", all_keys), ("vectors", vectors)):
+        for name, values in (("keys", all_keys), ("vectors", vectors)):
             with open(self.directory / f"{name}-{generation}.npy", "wb") as handle:
-                np.save(handle, array)
+                np.save(handle, values)
                 handle.flush()
                 os.fsync(handle.fileno())
         pointer = self.directory / f".current-{generation}"

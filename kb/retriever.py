@@ -101,7 +101,7 @@ class Candidates:
     lexical_problem: np.ndarray  # the same, counting only terms that are not entity names
     semantic: np.ndarray         # cosine of query and case embeddings (0 without the stage)
     features: np.ndarray         # weighted feature similarity (0..1)
-    semantic_best: np.ndarray = field(default_factory=lambda: np.zeros(0))  # best cosine over the case's own texts
+    semantic_best: np.ndarray    # best cosine of the query with one of the case's own texts (0 without the stage)
     coverage: np.ndarray = field(default_factory=lambda: np.zeros(0))  # share of the query's problem-term idf mass matched
     fields: dict[str, np.ndarray] = field(default_factory=dict)  # per field, scaled by its best
     problem_fields: dict[str, np.ndarray] = field(default_factory=dict)   # the same, problem terms only
@@ -160,8 +160,7 @@ def candidates(
         first, rest = lexical.within_budget(ids, budget)
         found = lexical.match(first, qw, problem_terms)
         matches[name] = (found, rest, problem_terms)
-        best = float(found.scores.max()) if n else 0.0
-        lex += shares[name] * (found.scores / best if best > 0 else found.scores)
+        lex += shares[name] * _scaled(found.scores, float(found.scores.max()) if n else 0.0)
     lexical_w = float(weights["lexical"]["weight"])
     limit = min(limit or int(weights["candidates"]), n)
     wanted = limit
@@ -206,7 +205,7 @@ def candidates(
             scores, problem, covered, total = scores + late.scores, problem + late.problem, covered + late.covered, total + late.total
         best = max(float(found.scores.max()) if n else 0.0, float(scores.max()) if len(scores) else 0.0)
         field_scale[name] = shares[name] / best if best > 0 else 0.0
-        per_field[name] = scores / best if best > 0 else scores
+        per_field[name] = _scaled(scores, best)
         if best and total:
             problem_fields[name] = problem / best
         if total:
@@ -258,6 +257,11 @@ def best_text_cosine(index: LoadedIndex, rows: np.ndarray, query_vector: np.ndar
     cosines = np.asarray(index.text_vectors[positions], dtype=np.float32) @ np.asarray(query_vector, dtype=np.float32)
     best[has] = np.maximum.reduceat(cosines, firsts)
     return best
+
+
+def _scaled(scores: np.ndarray, best: float) -> np.ndarray:
+    """A field's scores relative to its best case (left as they are when nothing matched)."""
+    return scores / best if best > 0 else scores
 
 
 def _mix(per_field: dict[str, np.ndarray], shares: dict[str, float], size: int) -> np.ndarray:
@@ -330,7 +334,7 @@ def confidence_inputs(c: Candidates, scores: np.ndarray, order: np.ndarray, shar
         "margin": float(scores[top]) - second,
         "lexical_problem": problem,
         "semantic": float(c.semantic[top]),
-        "semantic_best": float(c.semantic_best[top]) if len(c.semantic_best) else 0.0,
+        "semantic_best": float(c.semantic_best[top]),
         "features": float(c.features[top]),
         "coverage": coverage,
     }

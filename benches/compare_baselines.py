@@ -127,7 +127,7 @@ def rrf_ranker(rankers: list[Ranker], semantic: Ranker, k: int = 60) -> Ranker:
 
 def semantic_ranker(kb: KnowledgeBase, index, ids: list[str]) -> Ranker:
     def rank(query: str) -> list[str]:
-        scores = np.asarray(index.vectors @ kb.embed(query))
+        scores = index.vectors.dot(kb.embed(query))
         return [ids[i] for i in np.argsort(-scores, kind="stable")[:10]]
 
     return rank

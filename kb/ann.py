@@ -11,8 +11,9 @@ approximation; the IVF only decides which *other* cases the meaning of the
 query brings in.
 
 Files: ``ivf_centroids.npy`` (lists x dim), ``ivf_offsets.npy`` (lists + 1),
-``ivf_rows.npy`` (case rows ordered list by list), ``ivf_vectors.npy`` (the
-vectors in that order, so a list is one contiguous slice).
+``ivf_rows.npy`` (case rows ordered list by list), ``ivf_vectors_*.npy`` (the
+vectors in that order as int8 codes and scales, :mod:`kb.quantized`, so a list
+is one contiguous slice).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from .quantized import Int8Vectors, concat_ranges
 
 
 def kmeans(vectors: np.ndarray, k: int, iterations: int = 8, sample: int = 40000, seed: int = 7) -> np.ndarray:
@@ -55,7 +58,7 @@ def build_ivf(vectors: np.ndarray, directory: Path, lists: int | None = None) ->
     np.save(directory / "ivf_centroids.npy", centroids)
     np.save(directory / "ivf_offsets.npy", offsets)
     np.save(directory / "ivf_rows.npy", order.astype(np.int32))
-    np.save(directory / "ivf_vectors.npy", np.asarray(vectors, dtype=np.float32)[order])
+    Int8Vectors.save(np.asarray(vectors, dtype=np.float32)[order], directory, "ivf_vectors")
 
 
 class IVF:
@@ -63,7 +66,7 @@ class IVF:
         self.centroids = np.load(directory / "ivf_centroids.npy")
         self.offsets = np.load(directory / "ivf_offsets.npy")
         self.rows = np.load(directory / "ivf_rows.npy", mmap_mode="r")
-        self.vectors = np.load(directory / "ivf_vectors.npy", mmap_mode="r")
+        self.vectors = Int8Vectors.load(directory, "ivf_vectors")
 
     @staticmethod
     def exists(directory: Path) -> bool:
@@ -72,16 +75,12 @@ class IVF:
     def search(self, query: np.ndarray, nprobe: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows and cosines of the (approximately) ``limit`` nearest case vectors."""
         nearest = np.argsort(-(self.centroids @ query))[:nprobe]
-        rows, sims = [], []
-        for lst in nearest:
-            start, end = int(self.offsets[lst]), int(self.offsets[lst + 1])
-            if end > start:
-                sims.append(self.vectors[start:end] @ query)
-                rows.append(self.rows[start:end])
-        if not rows:
+        starts = self.offsets[nearest]
+        positions = concat_ranges(starts, self.offsets[nearest + 1] - starts)
+        if not len(positions):
             return np.zeros(0, dtype=np.int64), np.zeros(0)
-        rows_all = np.concatenate(rows).astype(np.int64)
-        sims_all = np.concatenate(sims).astype(np.float64)
+        rows_all = np.asarray(self.rows[positions], dtype=np.int64)
+        sims_all = self.vectors.dot(query, positions)
         if len(rows_all) > limit:
             keep = np.argpartition(-sims_all, limit - 1)[:limit]
             rows_all, sims_all = rows_all[keep], sims_all[keep]

@@ -8,9 +8,10 @@ readers see a whole old index or a whole new one):
 * ``lex_<field>_*.npy``: BM25 postings of each case field (:mod:`kb.lexical`);
 * ``facet_*.npy``: postings of exact facets (model, family, framework,
   library, tag) used by filters, so a filter never scans every case;
-* ``vectors.npy``: one sentence embedding per case (:mod:`kb.semantic`), the
-  normalised mean of its texts' embeddings; ``text_vectors.npy`` (float16) and
-  ``text_indptr.npy``: each text's own embedding, by case, for re-ranking;
+* ``vectors_*.npy``: one sentence embedding per case (:mod:`kb.semantic`), the
+  normalised mean of its texts' embeddings; ``text_vectors_*.npy`` and
+  ``text_indptr.npy``: each text's own embedding, by case, for re-ranking; both
+  as int8 codes with a scale per vector (:mod:`kb.quantized`);
 * ``docs.jsonl`` / ``features.jsonl`` with ``*_offsets.npy``: each case's
   document and structured features, one JSON line per row. A query reads the
   lines of the few cases it shows or re-ranks, never the whole file.
@@ -36,13 +37,15 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from . import forkmap
 from .features import case_features, prose_text
 from .lexical import ENTITY_GROUPS, FieldCounts, LexicalIndex, build_postings, concept_group, count_tokens
 from .lexicon import LEXICON_FILE, Lexicon, Match, compile_lexicon, load_lexicon_source, normalize
 from .paths import data_file
+from .quantized import Int8Vectors
 from .tokenize import Stopwords, tokenize_normalized
 
-INDEX_FORMAT = 3
+INDEX_FORMAT = 4
 WEIGHTS_FILE = "weights.yaml"
 STOPWORDS_FILE = "stopwords.yaml"
 DATA_FILES = (LEXICON_FILE, WEIGHTS_FILE, STOPWORDS_FILE)
@@ -214,42 +217,17 @@ def _prose(doc: dict[str, Any], found: dict[str, tuple[str, list[Match]]], lexic
     return text, [*title[1], *(Match(m.group, m.concept, m.start + shift, m.end + shift) for m in symptom[1])]
 
 
-# Set in the parent just before worker processes fork; they read it instead of receiving
-# pickled documents.
-_FORK_STATE: tuple[Sequence[dict[str, Any]], Sequence[str], Lexicon, Stopwords] | None = None
-
-
-def _analyse_range(bounds: tuple[int, int]) -> _Analysis:
-    assert _FORK_STATE is not None
-    documents, fields, lexicon, stopwords = _FORK_STATE
-    start, end = bounds
+def _analyse_range(state: tuple[Sequence[dict[str, Any]], Sequence[str], Lexicon, Stopwords], start: int, end: int) -> _Analysis:
+    documents, fields, lexicon, stopwords = state
     return _analyse(documents[start:end], start, fields, lexicon, stopwords)
 
 
 def analyse_all(documents: Sequence[dict[str, Any]], fields: Sequence[str], lexicon: Lexicon,
                 stopwords: Stopwords) -> list[_Analysis]:
-    """Tokenize and extract features of every case, on every core for a large base.
-
-    Workers are forked, so they share the documents and the lexicon with no copying;
-    forking a process that runs other threads can deadlock, so a multi-threaded
-    caller (a server rebuilding in the background) analyses in its own thread."""
-    import threading
-
-    workers = min(os.cpu_count() or 1, 8)
-    if len(documents) < PARALLEL_MIN_CASES or workers < 2 or threading.active_count() > 1 or os.name != "posix":
-        return [_analyse(documents, 0, fields, lexicon, stopwords)]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    global _FORK_STATE
-    step = -(-len(documents) // (workers * 4))
-    bounds = [(start, min(start + step, len(documents))) for start in range(0, len(documents), step)]
-    _FORK_STATE = (documents, fields, lexicon, stopwords)
-    try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            return list(pool.map(_analyse_range, bounds))
-    finally:
-        _FORK_STATE = None
+    """Tokenize and extract features of every case, on every core for a large base
+    (:mod:`kb.forkmap`: the workers share the documents and the lexicon, nothing is copied)."""
+    return forkmap.chunked(_analyse_range, (documents, fields, lexicon, stopwords), len(documents),
+                           min_size=PARALLEL_MIN_CASES)
 
 
 def build_index(
@@ -311,7 +289,9 @@ def build_index(
         if vector_cache is not None:
             vectors, embedded = vector_cache.embed(flat, encoder)
         else:
-            vectors, embedded = encoder.encode(flat), len(flat)
+            from .semantic import encode_all
+
+            vectors, embedded = encode_all(encoder, flat), len(flat)
         case_vectors = np.empty((len(reviewed), vectors.shape[1]), dtype=np.float32)
         position = 0
         for row, texts in enumerate(per_case):
@@ -319,9 +299,9 @@ def build_index(
             position += len(texts)
             norm = float(np.linalg.norm(mean)) or 1.0
             case_vectors[row] = mean / norm
-        np.save(directory / "vectors.npy", case_vectors)
-        # Each text's own vector too (half precision), for the re-ranking's best-text cosine.
-        np.save(directory / "text_vectors.npy", np.asarray(vectors, dtype=np.float16))
+        Int8Vectors.save(case_vectors, directory, "vectors")
+        # Each text's own vector too, for the re-ranking's best-text cosine.
+        Int8Vectors.save(vectors, directory, "text_vectors")
         np.save(directory / "text_indptr.npy", np.cumsum([0, *(len(t) for t in per_case)]).astype(np.int64))
         semantic = encoder.name
         if len(reviewed) >= int(weights["semantic"]["ann_min_cases"]):
@@ -408,8 +388,8 @@ class LoadedIndex:
         self.facet_terms = np.load(directory / "facet_terms.npy", mmap_mode="r")
         self.facet_indptr = np.load(directory / "facet_indptr.npy", mmap_mode="r")
         self.facet_docs = np.load(directory / "facet_docs.npy", mmap_mode="r")
-        self.vectors = np.load(directory / "vectors.npy", mmap_mode="r") if self.semantic_model else None
-        self.text_vectors = np.load(directory / "text_vectors.npy", mmap_mode="r") if self.semantic_model else None
+        self.vectors = Int8Vectors.load(directory, "vectors") if self.semantic_model else None
+        self.text_vectors = Int8Vectors.load(directory, "text_vectors") if self.semantic_model else None
         self.text_indptr = np.load(directory / "text_indptr.npy", mmap_mode="r") if self.semantic_model else None
         from .ann import IVF
 

@@ -30,6 +30,7 @@ from .index import LoadedIndex
 from .lexical import FieldMatch, concept_group
 from .lexicon import normalize
 from .parser import ParsedQuery
+from .quantized import concat_ranges
 from .results import Hit, SearchOutcome, TextBreakdown
 from .similarity import combine
 
@@ -178,7 +179,7 @@ def candidates(
         if allowed is not None:
             sem_rows = np.intersect1d(sem_rows, allowed)
         pool = np.union1d(lex_rows, sem_rows).astype(np.int64)
-        sem_pool = np.asarray(index.vectors[pool] @ query_vector, dtype=np.float64)
+        sem_pool = index.vectors.dot(query_vector, pool)
         fused = lexical_w * lex[pool] + semantic_w * sem_pool
         keep = _top(fused, limit)
         rows, sem_rows_final = pool[keep], sem_pool[keep]
@@ -186,7 +187,7 @@ def candidates(
         fused = lexical_w * lex
         sem_all = None
         if semantic_w:
-            sem_all = np.asarray(index.vectors @ query_vector, dtype=np.float64)
+            sem_all = index.vectors.dot(query_vector)
             fused = fused + semantic_w * sem_all
         if allowed is not None:
             fused = _masked(fused, allowed)
@@ -252,9 +253,8 @@ def best_text_cosine(index: LoadedIndex, rows: np.ndarray, query_vector: np.ndar
     if not has.any():
         return best
     starts, lengths = starts[has], lengths[has]
+    cosines = index.text_vectors.dot(query_vector, concat_ranges(starts, lengths))
     firsts = np.cumsum(lengths) - lengths  # where each case's texts begin in the gathered block
-    positions = np.repeat(starts - firsts, lengths) + np.arange(int(lengths.sum()))
-    cosines = np.asarray(index.text_vectors[positions], dtype=np.float32) @ np.asarray(query_vector, dtype=np.float32)
     best[has] = np.maximum.reduceat(cosines, firsts)
     return best
 

@@ -190,6 +190,10 @@ class Encoder:
 
                 shutil.rmtree(tmp, ignore_errors=True)
 
+    def load(self) -> None:
+        """Load the model now (before forking workers that should share it)."""
+        self._load()
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, DIM), dtype=np.float32)
@@ -318,87 +322,131 @@ def text_key(text: str) -> bytes:
     return hashlib.sha1(text.encode("utf-8")).digest()
 
 
+PARALLEL_MIN_TEXTS = 2000  # below this, forking encoder workers costs more than it saves
+CHECKPOINT_TEXTS = 50000  # a build that embeds more saves its progress this often
+MAX_SEGMENTS = 16  # more segments than this are merged into one at the next save
+
+
+def _encode_range(state: tuple[Encoder, Sequence[str], int], start: int, end: int) -> np.ndarray:
+    encoder, texts, batch = state
+    parts = [encoder.encode(texts[i : min(i + batch, end)]) for i in range(start, end, batch)]
+    return np.concatenate(parts) if parts else np.zeros((0, DIM), dtype=np.float32)
+
+
+def encode_all(encoder: Encoder, texts: Sequence[str], batch: int = 256) -> np.ndarray:
+    """Embeddings of many texts, on every core (:mod:`kb.forkmap`). The model is loaded
+    before the workers fork, so they share its weights instead of loading their own."""
+    if not texts:
+        return np.zeros((0, DIM), dtype=np.float32)
+    from . import forkmap
+
+    if len(texts) >= PARALLEL_MIN_TEXTS:
+        encoder.load()
+    parts = forkmap.chunked(_encode_range, (encoder, texts, batch), len(texts), min_size=PARALLEL_MIN_TEXTS)
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
 class VectorCache:
     """Embeddings of texts already seen, so a rebuild embeds only new text.
 
-    Under ``directory``: generations of ``keys-<id>.npy`` (20-byte SHA-1 of each
-    text, uint8 rows) and ``vectors-<id>.npy`` (float32 rows), and a ``current``
-    file naming the live generation. A writer writes a new generation and then
-    replaces ``current`` atomically (os.replace), so readers, concurrent
-    writers and a killed process all leave a consistent pair behind; the
-    older generations are deleted afterwards.
+    Under ``directory``: segments, each a pair ``keys-<id>.npy`` (20-byte SHA-1 of
+    each text, uint8 rows) and ``vectors-<id>.npy`` (float32 rows), and a ``current``
+    file listing the live segments, one id per line. A save writes the new vectors
+    as one more segment and then replaces ``current`` atomically (os.replace), under
+    a lock file, so readers, concurrent writers and a killed process all leave a
+    consistent list behind. A long embedding saves a segment every
+    ``CHECKPOINT_TEXTS`` texts: a build killed after an hour resumes where it stopped.
+    Segments beyond ``MAX_SEGMENTS`` are merged at the next save.
     """
 
     def __init__(self, directory: Path, seed: Path | None = None):
         self.directory = directory
         self.seed = seed  # a read-only generation shipped with kbq (see kb/bundled_vectors.py)
-        self._dirty = False
 
     def _seed(self) -> tuple[dict[bytes, int], np.ndarray]:
         if self.seed is None:
             return {}, np.zeros((0, DIM), dtype=np.float32)
         return _read_pair(self.seed / "keys.npy", self.seed / "vectors.npy")
 
-    def _current(self) -> str | None:
+    def _segments(self) -> list[str]:
         try:
-            name = (self.directory / "current").read_text(encoding="ascii").strip()
+            names = (self.directory / "current").read_text(encoding="ascii").split()
         except (OSError, UnicodeDecodeError):
-            return None
-        return name if name.isalnum() else None
+            return []
+        return [name for name in names if name.isalnum()]
 
-    def _load(self) -> tuple[dict[bytes, int], np.ndarray]:
-        generation = self._current()
-        if generation is None:
-            return {}, np.zeros((0, DIM), dtype=np.float32)
-        return _read_pair(self.directory / f"keys-{generation}.npy", self.directory / f"vectors-{generation}.npy")
+    def _load(self) -> tuple[dict[bytes, tuple[int, int]], list[np.ndarray]]:
+        """Every cached text's (segment, row), and the segments' vectors (memory-mapped)."""
+        known: dict[bytes, tuple[int, int]] = {}
+        stored: list[np.ndarray] = []
+        for name in self._segments():
+            keys, vectors = _read_pair(self.directory / f"keys-{name}.npy", self.directory / f"vectors-{name}.npy")
+            if not keys:
+                continue  # missing or damaged: its texts are embedded again
+            segment = len(stored)
+            stored.append(vectors)
+            known.update((k, (segment, row)) for k, row in keys.items())
+        return known, stored
 
     def embed(self, texts: Sequence[str], encoder: Encoder, batch: int = 256) -> tuple[np.ndarray, int]:
         """Vectors for ``texts`` (reusing cached ones) and how many had to be computed."""
         known, stored = self._load()
         keys = [text_key(t) for t in texts]
         seed_known, seed_vectors = self._seed()
-        wanted = {k for k in keys if k not in known}
-        if wanted & seed_known.keys():  # adopt shipped vectors into the cache
-            adopted = [k for k in wanted if k in seed_known]
-            known = dict(known)
+        adopted = sorted({k for k in keys if k not in known and k in seed_known})
+        if adopted:  # shipped vectors join the cache as one segment
             extra = np.asarray(seed_vectors[[seed_known[k] for k in adopted]], dtype=np.float32)
-            stored = np.concatenate([np.asarray(stored), extra]) if len(stored) else extra
-            for k in adopted:
-                known[k] = len(known)
-            self._dirty = True
+            self._add_segment(adopted, extra, known, stored)
         missing = sorted({k: t for k, t in zip(keys, texts) if k not in known}.items())
-        fresh_keys = [k for k, _ in missing]
-        fresh = np.zeros((0, DIM), dtype=np.float32)
-        if missing:
-            parts = [encoder.encode([t for _, t in missing[i : i + batch]]) for i in range(0, len(missing), batch)]
-            fresh = np.concatenate(parts).astype(np.float32)
+        for first in range(0, len(missing), CHECKPOINT_TEXTS):
+            part = missing[first : first + CHECKPOINT_TEXTS]
+            self._add_segment([k for k, _ in part], encode_all(encoder, [t for _, t in part], batch), known, stored)
         out = np.empty((len(texts), DIM), dtype=np.float32)
-        fresh_rows = {k: i for i, k in enumerate(fresh_keys)}
         for i, k in enumerate(keys):
-            out[i] = fresh[fresh_rows[k]] if k in fresh_rows else stored[known[k]]
-        if missing or self._dirty:
-            self._dirty = False
-            try:
-                self._save(known, stored, fresh_keys, fresh)
-            except OSError:
-                pass  # a read-only cache only costs embedding time next build
+            segment, row = known[k]
+            out[i] = stored[segment][row]
         return out, len(missing)
 
-    def _save(self, known: dict[bytes, int], stored: np.ndarray, fresh_keys: list[bytes], fresh: np.ndarray) -> None:
+    def _add_segment(self, keys: list[bytes], vectors: np.ndarray, known: dict[bytes, tuple[int, int]],
+                     stored: list[np.ndarray]) -> None:
+        """Record new vectors in memory, and on disk when the directory is writable."""
+        segment = len(stored)
+        stored.append(vectors)
+        known.update((k, (segment, row)) for row, k in enumerate(keys))
+        try:
+            self._save(keys, vectors)
+        except OSError:
+            pass  # a read-only cache only costs embedding time next build
+
+    def _save(self, keys: list[bytes], vectors: np.ndarray) -> None:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no lock; a lost race only costs re-embedding
+            fcntl = None
         self.directory.mkdir(parents=True, exist_ok=True)
-        order = sorted(known, key=known.get)
-        # Raw digests as uint8 rows: numpy's bytes dtype would drop trailing NUL bytes.
-        all_keys = np.frombuffer(b"".join(order + fresh_keys), dtype=np.uint8).reshape(-1, 20)
-        vectors = np.concatenate([np.asarray(stored), fresh]) if len(stored) else fresh
-        generation = os.urandom(8).hex()
-        for name, values in (("keys", all_keys), ("vectors", vectors)):
-            with open(self.directory / f"{name}-{generation}.npy", "wb") as handle:
-                np.save(handle, values)
-                handle.flush()
-                os.fsync(handle.fileno())
-        pointer = self.directory / f".current-{generation}"
-        pointer.write_text(generation + "\n", encoding="ascii")
-        os.replace(pointer, self.directory / "current")
-        for old in self.directory.iterdir():
-            if old.suffix == ".npy" and generation not in old.name:
-                old.unlink(missing_ok=True)
+        with open(self.directory / ".lock", "w") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            live = self._segments()
+            if len(live) >= MAX_SEGMENTS:  # merge everything into the new segment
+                known, stored = self._load()
+                known.update((k, (len(stored), row)) for row, k in enumerate(keys))
+                stored.append(vectors)
+                keys = list(known)
+                vectors = np.stack([stored[s][r] for s, r in known.values()]) if keys else vectors
+                live = []
+            name = os.urandom(8).hex()
+            # Raw digests as uint8 rows: numpy's bytes dtype would drop trailing NUL bytes.
+            key_rows = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(-1, 20)
+            for prefix, values in (("keys", key_rows), ("vectors", np.asarray(vectors, dtype=np.float32))):
+                with open(self.directory / f"{prefix}-{name}.npy", "wb") as handle:
+                    np.save(handle, values)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            pointer = self.directory / f".current-{name}"
+            pointer.write_text("".join(f"{s}\n" for s in [*live, name]), encoding="ascii")
+            os.replace(pointer, self.directory / "current")
+            keep = {*live, name}
+            for old in self.directory.iterdir():
+                if old.suffix == ".npy" and old.stem.split("-", 1)[-1] not in keep:
+                    old.unlink(missing_ok=True)

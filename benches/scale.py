@@ -415,19 +415,21 @@ def worker_build(args: dict[str, Any]) -> dict[str, Any]:
     """KnowledgeBase.index() on an ingested database: what the first query after a change pays."""
     import kb.semantic as semantic
 
+    # Wall time of the embedding step (kb.semantic.encode_all, which may fan out to worker
+    # processes), and the texts it embedded.
     spent = {"seconds": 0.0, "texts": 0, "calls": 0}
-    original = semantic.Encoder.encode
+    original = semantic.encode_all
 
-    def timed_encode(self, texts):
+    def timed_encode_all(encoder, texts, *rest, **options):
         start = time.perf_counter()
         try:
-            return original(self, texts)
+            return original(encoder, texts, *rest, **options)
         finally:
             spent["seconds"] += time.perf_counter() - start
             spent["texts"] += len(texts)
             spent["calls"] += 1
 
-    semantic.Encoder.encode = timed_encode
+    semantic.encode_all = timed_encode_all
     from kb.service import KnowledgeBase
 
     kb = KnowledgeBase(db=args["db"])

@@ -41,6 +41,7 @@ from . import forkmap
 from .features import case_features, prose_text
 from .lexical import ENTITY_GROUPS, FieldCounts, LexicalIndex, build_postings, concept_group, count_tokens
 from .lexicon import LEXICON_FILE, Lexicon, Match, compile_lexicon, load_lexicon_source, normalize
+from .stored import StoredJson
 from .paths import data_file
 from .quantized import Int8Vectors
 from .tokenize import Stopwords, tokenize_normalized
@@ -158,14 +159,12 @@ class BuildReport:
     embedded: int  # case texts embedded in this build (the rest came from the vector cache)
 
 
-def _jsonl(rows: Iterable[Any], path: Path) -> np.ndarray:
-    offsets = [0]
-    with open(path, "wb") as handle:
-        for row in rows:
-            line = json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
-            handle.write(line)
-            offsets.append(offsets[-1] + len(line))
-    return np.array(offsets, dtype=np.int64)
+def _status(document: dict[str, Any] | StoredJson) -> str:
+    return document.status if isinstance(document, StoredJson) else document.get("status", "reviewed")
+
+
+def _doc_id(document: dict[str, Any] | StoredJson) -> str:
+    return document.id if isinstance(document, StoredJson) else document["id"]
 
 
 # Symptom concepts of a case are read from these fields (what the reporter would say).
@@ -175,17 +174,28 @@ PARALLEL_MIN_CASES = 3000  # below this, starting worker processes costs more th
 
 @dataclass
 class _Analysis:
-    """What tokenizing a run of cases gives: per indexed field the token counts, and features."""
+    """What a worker makes of a run of cases: per indexed field the token counts, and per case
+    what the build writes or aggregates (its JSON lines, facets, texts to embed, counts)."""
 
     fields: dict[str, FieldCounts]
-    features: list[dict[str, Any]]
+    ids: list[str]
+    doc_lines: list[bytes]
+    feature_lines: list[bytes]
+    facets: list[list[str]]
+    texts: list[list[str]] | None  # semantic_texts per case, when the build embeds
+    summaries: list[tuple[str, str, str, str]]  # model family, framework, phase, language
 
 
-def _analyse(documents: Sequence[dict[str, Any]], first_row: int, fields: Sequence[str],
-             lexicon: Lexicon, stopwords: Stopwords) -> _Analysis:
+def _line(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def _analyse(documents: Sequence[dict[str, Any] | StoredJson], first_row: int, fields: Sequence[str],
+             lexicon: Lexicon, stopwords: Stopwords, want_texts: bool = False) -> _Analysis:
     tokens: dict[str, list[list[str]]] = {name: [] for name in fields}
-    features = []
-    for doc in documents:
+    out = _Analysis({}, [], [], [], [], [] if want_texts else None, [])
+    for item in documents:
+        doc = item.document() if isinstance(item, StoredJson) else item
         symptoms: list[str] = []
         found: dict[str, tuple[str, list[Match]]] = {}
         for name, text in case_fields(doc).items():
@@ -198,8 +208,17 @@ def _analyse(documents: Sequence[dict[str, Any]], first_row: int, fields: Sequen
                 symptoms.extend(m.concept for m in matches if m.group == "symptom")
             if name in tokens:
                 tokens[name].append(tokenize_normalized(norm, lexicon, stopwords, matches))
-        features.append(case_features(doc, lexicon, symptoms, _prose(doc, found, lexicon)))
-    return _Analysis({name: count_tokens(lists, first_row) for name, lists in tokens.items()}, features)
+        features = case_features(doc, lexicon, symptoms, _prose(doc, found, lexicon))
+        out.ids.append(doc["id"])
+        out.doc_lines.append(_line(doc))
+        out.feature_lines.append(_line(features))
+        out.facets.append(sorted(facet_terms(doc, features)))
+        if out.texts is not None:
+            out.texts.append(semantic_texts(doc))
+        out.summaries.append((features.get("model_family") or "unknown", doc["framework"]["name"],
+                              doc.get("phase") or "unknown", doc["language"]))
+    out.fields = {name: count_tokens(lists, first_row) for name, lists in tokens.items()}
+    return out
 
 
 def _prose(doc: dict[str, Any], found: dict[str, tuple[str, list[Match]]], lexicon: Lexicon) -> tuple[str, list[Match]] | None:
@@ -217,17 +236,42 @@ def _prose(doc: dict[str, Any], found: dict[str, tuple[str, list[Match]]], lexic
     return text, [*title[1], *(Match(m.group, m.concept, m.start + shift, m.end + shift) for m in symptom[1])]
 
 
-def _analyse_range(state: tuple[Sequence[dict[str, Any]], Sequence[str], Lexicon, Stopwords], start: int, end: int) -> _Analysis:
-    documents, fields, lexicon, stopwords = state
-    return _analyse(documents[start:end], start, fields, lexicon, stopwords)
+def _analyse_range(state: tuple[Sequence[dict[str, Any] | StoredJson], Sequence[str], Lexicon, Stopwords, bool],
+                   start: int, end: int) -> _Analysis:
+    documents, fields, lexicon, stopwords, want_texts = state
+    return _analyse(documents[start:end], start, fields, lexicon, stopwords, want_texts)
 
 
-def analyse_all(documents: Sequence[dict[str, Any]], fields: Sequence[str], lexicon: Lexicon,
-                stopwords: Stopwords) -> list[_Analysis]:
-    """Tokenize and extract features of every case, on every core for a large base
+def analyse_all(documents: Sequence[dict[str, Any] | StoredJson], fields: Sequence[str], lexicon: Lexicon,
+                stopwords: Stopwords, want_texts: bool = False) -> list[_Analysis]:
+    """Decode, tokenize and extract features of every case, on every core for a large base
     (:mod:`kb.forkmap`: the workers share the documents and the lexicon, nothing is copied)."""
-    return forkmap.chunked(_analyse_range, (documents, fields, lexicon, stopwords), len(documents),
+    return forkmap.chunked(_analyse_range, (documents, fields, lexicon, stopwords, want_texts), len(documents),
                            min_size=PARALLEL_MIN_CASES)
+
+
+def _field_postings(state: tuple[list[_Analysis], list[str], dict[str, float], float, Lexicon, frozenset[str], Path],
+                    start: int, end: int) -> list[np.ndarray]:
+    """Build and save the postings of fields ``start..end`` (of ``state``'s list); their terms."""
+    parts, names, field_b, k1, lexicon, entity_names, directory = state
+    vocabularies = []
+    for name in names[start:end]:
+        arrays = build_postings([part.fields[name] for part in parts], field_b[name], k1)
+        LexicalIndex.save(arrays, directory, f"lex_{name}_")
+        entity = [is_entity_term(t, lexicon, entity_names) for t in map(str, arrays["terms"])]
+        np.save(directory / f"lex_{name}_entity.npy", np.array(entity, dtype=bool))
+        vocabularies.append(arrays["terms"])
+    return vocabularies
+
+
+def _write_lines(parts: Iterable[list[bytes]], path: Path) -> np.ndarray:
+    """Write JSON lines; their offsets (one more than lines)."""
+    lengths = [0]
+    with open(path, "wb") as handle:
+        for lines in parts:
+            handle.writelines(lines)
+            lengths.extend(map(len, lines))
+    return np.cumsum(lengths, dtype=np.int64)
 
 
 def build_index(
@@ -256,35 +300,39 @@ def build_index(
         name: float(spec["b"]) for name, spec in lexical["fields"].items() if every_field or float(spec["weight"]) > 0
     }
 
-    reviewed = sorted((d for d in documents if d.get("status", "reviewed") == "reviewed"), key=lambda d: d["id"])
-    parts = analyse_all(reviewed, list(field_b), lexicon, stopwords)
-    features = [f for part in parts for f in part.features]
+    reviewed = sorted((d for d in documents if _status(d) == "reviewed"), key=_doc_id)
+    parts = analyse_all(reviewed, list(field_b), lexicon, stopwords, want_texts=encoder is not None)
+    ids = [case_id for part in parts for case_id in part.ids]
     facets: dict[str, list[int]] = {}
-    for row, (doc, feats) in enumerate(zip(reviewed, features)):
-        for term in facet_terms(doc, feats):
-            facets.setdefault(term, []).append(row)
+    row = 0
+    for part in parts:
+        for terms in part.facets:
+            for term in terms:
+                facets.setdefault(term, []).append(row)
+            row += 1
     facet_names = sorted(facets)
 
     directory.mkdir(parents=True)
-    entity_memo: dict[str, bool] = {}
     names = entity_words(lexicon)
-    for name, b in field_b.items():
-        arrays = build_postings([part.fields[name] for part in parts], b, float(lexical["k1"]))
-        LexicalIndex.save(arrays, directory, f"lex_{name}_")
-        entity = [entity_memo.setdefault(t, is_entity_term(t, lexicon, names)) for t in map(str, arrays["terms"])]
-        np.save(directory / f"lex_{name}_entity.npy", np.array(entity, dtype=bool))
+    fields = list(field_b)
+    # One field per worker job (a large base only): numpy work over all of a field's pairs.
+    fields_in_parallel = 1 if len(reviewed) >= PARALLEL_MIN_CASES else len(fields) + 1
+    vocabularies = forkmap.chunked(_field_postings, (parts, fields, field_b, float(lexical["k1"]), lexicon, names, directory),
+                                   len(fields), min_size=fields_in_parallel, chunks_per_worker=len(fields))
+    n_terms = len({str(t) for found in vocabularies for terms in found for t in terms})
     np.save(directory / "facet_terms.npy", np.array(facet_names, dtype=str) if facet_names else np.array([], dtype="<U1"))
     np.save(directory / "facet_indptr.npy", np.cumsum([0, *(len(facets[f]) for f in facet_names)]).astype(np.int64))
     np.save(
         directory / "facet_docs.npy",
         np.array([r for f in facet_names for r in facets[f]], dtype=np.int32),
     )
-    np.save(directory / "docs_offsets.npy", _jsonl(reviewed, directory / "docs.jsonl"))
-    np.save(directory / "features_offsets.npy", _jsonl(features, directory / "features.jsonl"))
+    np.save(directory / "docs_offsets.npy", _write_lines((p.doc_lines for p in parts), directory / "docs.jsonl"))
+    np.save(directory / "features_offsets.npy", _write_lines((p.feature_lines for p in parts), directory / "features.jsonl"))
+    summaries = [s for part in parts for s in part.summaries]
     embedded = 0
     semantic = None
     if encoder is not None and reviewed:
-        per_case = [semantic_texts(d) for d in reviewed]
+        per_case = [texts for part in parts for texts in part.texts or []]
         flat = [t for texts in per_case for t in texts]
         if vector_cache is not None:
             vectors, embedded = vector_cache.embed(flat, encoder)
@@ -309,7 +357,7 @@ def build_index(
 
             build_ivf(case_vectors, directory)
     with open(directory / "ids.json", "w", encoding="utf-8") as handle:
-        json.dump([d["id"] for d in reviewed], handle)
+        json.dump(ids, handle)
     meta = {
         "key": key,
         "lexicon": lexicon_compiled,
@@ -317,19 +365,17 @@ def build_index(
         "weights": weights,
         "fields": list(field_b),
         "cases": len(reviewed),
-        "terms": len(entity_memo),
+        "terms": n_terms,
         "entity_words": sorted(names),
         "semantic": semantic,
         "counts": {
-            "by_model_family": dict(Counter((f.get("model_family") or "unknown") for f in features).most_common()),
-            "by_framework": dict(Counter(d["framework"]["name"] for d in reviewed).most_common()),
-            "by_phase": dict(Counter(d.get("phase") or "unknown" for d in reviewed).most_common()),
-            "by_language": dict(Counter(d["language"] for d in reviewed).most_common()),
+            name: dict(Counter(summary[i] for summary in summaries).most_common())
+            for i, name in enumerate(("by_model_family", "by_framework", "by_phase", "by_language"))
         },
     }
     with open(directory / "meta.json", "w", encoding="utf-8") as handle:  # written last: marks the index complete
         json.dump(meta, handle, ensure_ascii=False)
-    return BuildReport(len(reviewed), len(entity_memo), embedded)
+    return BuildReport(len(reviewed), n_terms, embedded)
 
 
 # -- reading ----------------------------------------------------------------------------

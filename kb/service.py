@@ -281,7 +281,7 @@ class KnowledgeBase:
                 from .semantic import VectorCache
 
                 with self._store() as store:
-                    documents = [_document_with_times(stored) for stored in store.all()]
+                    documents = store.reviewed_json()
                 encoder = self.encoder()
                 from .bundled_vectors import seed_for
 

@@ -149,6 +149,18 @@ def test_columns_and_ordering(store: CaseStore, make_case) -> None:
     assert row["language"] == "en" and row["title"] == "Loss spikes in alpha-case"
 
 
+def test_reviewed_json_is_what_all_decodes(store: CaseStore, make_case) -> None:
+    """Index builds read documents as stored JSON text and decode them in workers: the same
+    documents, ids, order and timestamps as :meth:`CaseStore.all` gives, drafts left out."""
+    store.upsert([make_case("zeta-case", title="中文标题 loss 不降"), make_case("alpha-case"),
+                  make_case("draft-case", status="draft")])
+    raw = store.reviewed_json()
+    assert [r.id for r in raw] == ["alpha-case", "zeta-case"] and {r.status for r in raw} == {"reviewed"}
+    for stored, item in zip(store.all(status="reviewed"), raw):
+        assert item.document() == {**stored.document, "created_at": stored.created_at.isoformat(),
+                                   "updated_at": stored.updated_at.isoformat()}
+
+
 def test_given_timestamps_round_trip(store: CaseStore, make_case) -> None:
     created = datetime(2024, 3, 1, 12, 0, tzinfo=timezone(timedelta(hours=8)))
     updated = datetime(2024, 4, 1, 9, 30, 15, 123456, tzinfo=timezone.utc)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Select, delete, func, insert, inspect, select, update
+from sqlalchemy import Connection, Select, Text, cast, delete, func, insert, inspect, select, update
 
 from kb.db._base import StoreBase, schema_version, utc
 from kb.db._common import no_schema_message
@@ -26,6 +26,7 @@ from kb.db.migrate import HEAD
 from kb.db.schema import CaseRow, MetaRow
 from kb.errors import DatabaseError
 from kb.models import Case, document_hash
+from kb.stored import StoredJson
 
 REVISION_KEY = "revision"
 _CHUNK = 500  # ids per IN (...), well under every backend's parameter limit
@@ -125,6 +126,20 @@ class CaseStore(StoreBase):
             query = query.where(CaseRow.status == status)
         with self._read() as conn:
             return [_stored(row) for row in conn.execute(query)]
+
+    def reviewed_json(self) -> list[StoredJson]:
+        """Every reviewed case, ordered by id, with its document as the JSON text stored: what an
+        index build reads (it decodes the documents in parallel, :mod:`kb.index`)."""
+        query = (
+            select(CaseRow.id, CaseRow.status, cast(CaseRow.document, Text), CaseRow.created_at, CaseRow.updated_at)
+            .where(CaseRow.status == "reviewed")
+            .order_by(CaseRow.id)
+        )
+        with self._read() as conn:
+            return [
+                StoredJson(row[0], row[1], row[2], utc(row[3]).isoformat(), utc(row[4]).isoformat())
+                for row in conn.execute(query)
+            ]
 
     def counts(self) -> dict[str, int]:
         """Number of cases by status."""

@@ -39,7 +39,7 @@ Latencies on a shared machine are noisy: the table shows the load average.
     python benches/scale.py --sizes 1000 10000        # ~30 min on 2 cores, mostly embedding 50k texts
     python benches/scale.py                           # 1000 10000 100000: the full run (hours)
     python benches/scale.py --sizes 100000 --semantic-max-cases 10000   # 100k lexical only (~40 min)
-    python benches/scale.py --sizes 1000 --blas-threads 1   # OpenBLAS threads pinned for the kbq processes
+    python benches/scale.py --sizes 1000 --blas-threads 2   # OpenBLAS threads for the kbq processes (default 1)
 """
 
 from __future__ import annotations
@@ -894,7 +894,7 @@ def main() -> None:
     parser.add_argument("--semantic-max-cases", type=int, default=10**9,
                         help="sizes above this run lexical only (KBQ_SEMANTIC=0 throughout)")
     parser.add_argument("--no-peers", action="store_true", help="skip bm25s and FTS5")
-    parser.add_argument("--blas-threads", type=int, help="set OPENBLAS/OMP_NUM_THREADS for the kbq processes (default: unset, as users run it)")
+    parser.add_argument("--blas-threads", type=int, help="set OPENBLAS/OMP_NUM_THREADS for the kbq processes (default: one, as the kbq command sets)")
     parser.add_argument("--json-out", type=Path, help="also write the raw figures here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (printed at the end)")
     parser.add_argument("--worker", nargs=2, metavar=("NAME", "ARGS"), help=argparse.SUPPRESS)
@@ -902,6 +902,12 @@ def main() -> None:
 
     if args.worker:
         name, payload = args.worker
+        # A worker stands for a kbq process: the same process set-up as the kbq command
+        # (one BLAS thread unless --blas-threads said otherwise; freed arrays kept in the heap).
+        sys.path.insert(0, str(ROOT))
+        from kb.runtime import configure_process
+
+        configure_process()
         result = WORKERS[name](json.loads(payload))
         print(RESULT_MARK + json.dumps(result), flush=True)
         return
@@ -940,7 +946,7 @@ def main() -> None:
             log(f"kept {work}")
     if not results:
         return
-    blas = f"BLAS threads {args.blas_threads}" if args.blas_threads else "BLAS threads unset"
+    blas = f"BLAS threads {args.blas_threads}" if args.blas_threads else "one BLAS thread (as the kbq command)"
     print(f"kbq scale bench: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, seed {args.seed}, {blas}; "
           f"ingest = `kbq ingest DIR --db X` (YAML files, subprocess); builds = KnowledgeBase.index() in a new process")
     print(table(results))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 import re
 import shutil
@@ -43,7 +42,7 @@ from .lexical import ENTITY_GROUPS, FieldCounts, LexicalIndex, build_postings, c
 from .lexicon import LEXICON_FILE, Lexicon, Match, compile_lexicon, load_lexicon_source, normalize
 from .stored import StoredJson
 from .paths import data_file
-from .quantized import Int8Vectors
+from .quantized import Int8Vectors, RangeReader
 from .tokenize import Stopwords, tokenize_normalized
 
 INDEX_FORMAT = 4
@@ -382,19 +381,18 @@ def build_index(
 
 
 class _Lines:
-    """Random access to the rows of a JSONL file through its offsets (memory-mapped)."""
+    """Random access to the rows of a JSONL file through its offsets, one pread per row
+    (:class:`kb.quantized.RangeReader`: a query reads a few hundred scattered lines)."""
 
     def __init__(self, path: Path, offsets: np.ndarray):
         self.offsets = offsets
-        # Mapped at once: the mapping stays valid even if a newer build later deletes the file.
-        with open(path, "rb") as handle:
-            self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if os.path.getsize(path) else None
+        self._reader = RangeReader(path)  # opened now: readable even if a newer build deletes the file
 
     def __getitem__(self, row: int) -> Any:
-        if self._map is None:
+        if not 0 <= row < len(self.offsets) - 1:
             raise IndexError(row)
         start, end = int(self.offsets[row]), int(self.offsets[row + 1])
-        return json.loads(self._map[start:end])
+        return json.loads(self._reader.read(start, end - start))
 
 
 def _cached(cache: dict[int, Any], lines: "_Lines", row: int, limit: int) -> Any:
@@ -435,7 +433,7 @@ class LoadedIndex:
         self.facet_indptr = np.load(directory / "facet_indptr.npy", mmap_mode="r")
         self.facet_docs = np.load(directory / "facet_docs.npy", mmap_mode="r")
         self.vectors = Int8Vectors.load(directory, "vectors") if self.semantic_model else None
-        self.text_vectors = Int8Vectors.load(directory, "text_vectors") if self.semantic_model else None
+        self.text_vectors = Int8Vectors.load(directory, "text_vectors", random_reads=True) if self.semantic_model else None
         self.text_indptr = np.load(directory / "text_indptr.npy", mmap_mode="r") if self.semantic_model else None
         from .ann import IVF
 

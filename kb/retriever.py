@@ -30,7 +30,6 @@ from .index import LoadedIndex
 from .lexical import FieldMatch, concept_group
 from .lexicon import normalize
 from .parser import ParsedQuery
-from .quantized import concat_ranges
 from .results import Hit, SearchOutcome, TextBreakdown
 from .similarity import combine
 
@@ -253,7 +252,7 @@ def best_text_cosine(index: LoadedIndex, rows: np.ndarray, query_vector: np.ndar
     if not has.any():
         return best
     starts, lengths = starts[has], lengths[has]
-    cosines = index.text_vectors.dot(query_vector, concat_ranges(starts, lengths))
+    cosines = index.text_vectors.dot_ranges(query_vector, starts, lengths)
     firsts = np.cumsum(lengths) - lengths  # where each case's texts begin in the gathered block
     best[has] = np.maximum.reduceat(cosines, firsts)
     return best

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 
 # The environment variables that cap BLAS/OpenMP threads in the libraries numpy may use.
 SINGLE_THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
 
 def prefer_one_blas_thread() -> None:
@@ -17,3 +21,30 @@ def prefer_one_blas_thread() -> None:
     costs a cold process ~15 ms. Must run before numpy is first imported."""
     for name in SINGLE_THREAD_ENV:
         os.environ.setdefault(name, "1")
+
+
+def keep_freed_memory() -> None:
+    """Let glibc reuse freed query-sized arrays instead of returning them to the kernel.
+
+    By default every block above 128 KB is its own mmap, unmapped when freed, so each
+    per-case score array of a query (800 KB at 100k cases) comes back as fresh pages the
+    kernel must fault in and zero: ~6,000 page faults and ~12 ms of a 35 ms query at 100k
+    cases (measured with getrusage). Blocks up to 32 MB now come from the heap, which keeps
+    up to 64 MB free. A no-op where glibc's mallopt is not available."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+    mallopt(_M_TOP_PAD, 4 << 20)
+
+
+def configure_process() -> None:
+    """What a kbq process (the CLI, the server, a bench mirroring them) sets at start."""
+    prefer_one_blas_thread()
+    keep_freed_memory()

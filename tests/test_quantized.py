@@ -49,3 +49,18 @@ def test_zero_vectors_and_empty_sets():
 def test_concat_ranges():
     assert concat_ranges(np.array([10, 3, 7]), np.array([2, 0, 3])).tolist() == [10, 11, 7, 8, 9]
     assert concat_ranges(np.array([], dtype=np.int64), np.array([], dtype=np.int64)).tolist() == []
+
+
+def test_range_reads_equal_mapped_reads(tmp_path):
+    """Text vectors are read by pread, a case's run of rows at a time: the same cosines as the map."""
+    rng = np.random.default_rng(2)
+    vectors = _unit(rng, 500, 32)
+    Int8Vectors.save(vectors, tmp_path, "v")
+    mapped, read = Int8Vectors.load(tmp_path, "v"), Int8Vectors.load(tmp_path, "v", random_reads=True)
+    q = _unit(rng, 1, 32)[0]
+    starts, lengths = np.array([400, 0, 17, 499]), np.array([3, 5, 0, 1])
+    expected = mapped.dot(q, concat_ranges(starts, lengths))
+    assert len(expected) == 9
+    assert np.array_equal(read.dot_ranges(q, starts, lengths), expected)
+    assert np.array_equal(mapped.dot_ranges(q, starts, lengths), expected)
+    assert read.dot_ranges(q, np.array([3]), np.array([0])).shape == (0,)

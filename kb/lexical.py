@@ -158,34 +158,19 @@ class LexicalIndex:
         start, end = int(self.indptr[term_id]), int(self.indptr[term_id + 1])
         return self.docs[start:end], self.weights[start:end]
 
-    def _gather(self, chosen: list[tuple[str, int]], query_weights: dict[str, float]):
-        """The chosen terms' postings concatenated: rows, query-weighted BM25 weights, and
-        each posting's idf mass (query weight x idf) with the total of that mass."""
-        if not chosen:
-            empty = np.zeros(0)
-            return empty.astype(np.int32), empty, empty, 0.0
-        starts = np.array([self.indptr[i] for _, i in chosen], dtype=np.int64)
-        ends = np.array([self.indptr[i + 1] for _, i in chosen], dtype=np.int64)
-        lengths = ends - starts
-        rows = np.concatenate([self.docs[s:e] for s, e in zip(starts, ends)])
-        weights = np.concatenate([self.weights[s:e] for s, e in zip(starts, ends)])
-        qw = np.array([query_weights[t] for t, _ in chosen])
-        mass = qw * self.idf[[i for _, i in chosen]]
-        return rows, weights * np.repeat(qw, lengths), np.repeat(mass, lengths), float(mass.sum())
-
-    def match(self, term_ids: dict[str, int], query_weights: dict[str, float], problem_terms: set[str]) -> "FieldMatch":
-        """Everything the retriever needs of this field in one pass over the postings: the
-        score of every case, its part from problem terms, and the idf mass of the problem
-        terms each case contains (of ``total``): how much of what the query says (and this
-        field knows of) a case shares, whatever its length."""
-        problem = [(t, i) for t, i in term_ids.items() if t in problem_terms]
-        other = [(t, i) for t, i in term_ids.items() if t not in problem_terms]
-        p_rows, p_weighted, p_mass, total = self._gather(problem, query_weights)
-        o_rows, o_weighted, _, _ = self._gather(other, query_weights)
-        problem_scores = np.bincount(p_rows, weights=p_weighted, minlength=self.n_docs)
-        scores = problem_scores + np.bincount(o_rows, weights=o_weighted, minlength=self.n_docs) if other else problem_scores
-        covered = np.bincount(p_rows, weights=p_mass, minlength=self.n_docs)
-        return FieldMatch(scores, problem_scores, covered, total)
+    def scores(self, term_ids: dict[str, int], query_weights: dict[str, float]) -> np.ndarray:
+        """The query-weighted BM25 score of every case from these terms' postings: what chooses
+        candidates. (Their problem-term share and coverage are computed for the candidates
+        alone, by :meth:`match_rows`.)"""
+        if not term_ids:
+            return np.zeros(self.n_docs)
+        terms = list(term_ids.items())
+        starts = self.indptr[[i for _, i in terms]]
+        lengths = self.indptr[[i + 1 for _, i in terms]] - starts
+        rows = np.concatenate([self.docs[s : s + n] for s, n in zip(starts.tolist(), lengths.tolist())])
+        weights = np.concatenate([self.weights[s : s + n] for s, n in zip(starts.tolist(), lengths.tolist())])
+        qw = np.repeat(np.array([query_weights[t] for t, _ in terms]), lengths)
+        return np.bincount(rows, weights=weights * qw, minlength=self.n_docs)
 
     def within_budget(self, term_ids: dict[str, int], budget: int | None) -> tuple[dict[str, int], dict[str, int]]:
         """Split the query's terms into those read in full to find candidates (the rarest, up to
@@ -208,21 +193,26 @@ class LexicalIndex:
     def match_rows(self, rows: np.ndarray, term_ids: dict[str, int], query_weights: dict[str, float],
                    problem_terms: set[str]) -> "FieldMatch":
         """:meth:`match` for the given rows only: a binary search per term in its postings,
-        so a common term costs the number of rows asked for, not its document frequency."""
-        scores = np.zeros(len(rows))
-        problem = np.zeros(len(rows))
-        covered = np.zeros(len(rows))
-        total = 0.0
-        for term, i in term_ids.items():
+        so a common term costs the number of rows asked for, not its document frequency.
+        The searches are the only per-term work; the sums are one vectorised step."""
+        size = len(rows)
+        if not term_ids or not size:
+            zeros = np.zeros(size)
+            return FieldMatch(zeros, zeros.copy(), zeros.copy(), 0.0)
+        terms = list(term_ids.items())
+        found_at = np.empty((len(terms), size), dtype=np.int64)
+        hit = np.empty((len(terms), size), dtype=bool)
+        for k, (_, i) in enumerate(terms):
             start, end = int(self.indptr[i]), int(self.indptr[i + 1])
             docs = self.docs[start:end]  # a looked-up term has at least one posting
             at = np.minimum(np.searchsorted(docs, rows), len(docs) - 1)
-            found = docs[at] == rows
-            weighted = np.where(found, self.weights[start:end][at], 0.0) * query_weights[term]
-            scores += weighted
-            if term in problem_terms:
-                problem += weighted
-                mass = query_weights[term] * float(self.idf[i])
-                covered += found * mass
-                total += mass
-        return FieldMatch(scores, problem, covered, total)
+            hit[k] = docs[at] == rows
+            found_at[k] = start + at
+        qw = np.array([query_weights[t] for t, _ in terms])
+        weighted = np.where(hit, self.weights[found_at], 0.0) * qw[:, None]  # terms x rows
+        is_problem = np.array([t in problem_terms for t, _ in terms])
+        mass = qw * self.idf[[i for _, i in terms]]
+        problem = weighted[is_problem].sum(axis=0)
+        scores = problem + weighted[~is_problem].sum(axis=0)
+        covered = (hit[is_problem] * mass[is_problem, None]).sum(axis=0)
+        return FieldMatch(scores, problem, covered, float(mass[is_problem].sum()))

@@ -27,7 +27,7 @@ import numpy as np
 
 from .fixes import recommend_fixes
 from .index import LoadedIndex
-from .lexical import FieldMatch, concept_group
+from .lexical import concept_group
 from .lexicon import normalize
 from .parser import ParsedQuery
 from .results import Hit, SearchOutcome, TextBreakdown
@@ -148,7 +148,7 @@ def candidates(
     shares = field_shares(weights)
     budget = postings_budget(weights, n)
     term_ids: dict[str, dict[str, int]] = {}
-    matches: dict[str, tuple[FieldMatch, dict[str, int], set[str]]] = {}
+    matches: dict[str, tuple[np.ndarray, dict[str, int], set[str]]] = {}
     lex = np.zeros(n)  # what chooses candidates: exact for a small base, the rare terms' share in a large one
     for name, lexical in index.fields.items():
         if not shares.get(name):
@@ -157,10 +157,10 @@ def candidates(
         ids = term_ids[name] = lexical.lookup(qw)
         entity = index.entity[name]
         problem_terms = {t for t, i in ids.items() if not entity[i]}
-        first, rest = lexical.within_budget(ids, budget)
-        found = lexical.match(first, qw, problem_terms)
-        matches[name] = (found, rest, problem_terms)
-        lex += shares[name] * _scaled(found.scores, float(found.scores.max()) if n else 0.0)
+        first, _ = lexical.within_budget(ids, budget)
+        scores = lexical.scores(first, qw)
+        matches[name] = (scores, ids, problem_terms)
+        lex += shares[name] * _scaled(scores, float(scores.max()) if n else 0.0)
     lexical_w = float(weights["lexical"]["weight"])
     limit = min(limit or int(weights["candidates"]), n)
     wanted = limit
@@ -193,17 +193,15 @@ def candidates(
         rows = _top(fused, limit)
         rows = rows[np.isfinite(fused[rows])]
         sem_rows_final = sem_all[rows] if sem_all is not None else np.zeros(len(rows))
-    # Exact lexical evidence of the candidates: the terms left out above are added now.
+    # Exact lexical evidence of the candidates, from all the query's terms.
     per_field: dict[str, np.ndarray] = {}
     problem_fields: dict[str, np.ndarray] = {}
     coverage_fields: dict[str, np.ndarray] = {}
     field_scale: dict[str, float] = {}
-    for name, (found, rest, problem_terms) in matches.items():
-        scores, problem, covered, total = found.scores[rows], found.problem[rows], found.covered[rows], found.total
-        if rest:
-            late = index.fields[name].match_rows(rows, rest, qw, problem_terms)
-            scores, problem, covered, total = scores + late.scores, problem + late.problem, covered + late.covered, total + late.total
-        best = max(float(found.scores.max()) if n else 0.0, float(scores.max()) if len(scores) else 0.0)
+    for name, (chosen_by, ids, problem_terms) in matches.items():
+        found = index.fields[name].match_rows(rows, ids, qw, problem_terms)  # every term, these rows only
+        scores, problem, covered, total = found.scores, found.problem, found.covered, found.total
+        best = max(float(chosen_by.max()) if n else 0.0, float(scores.max()) if len(scores) else 0.0)
         field_scale[name] = shares[name] / best if best > 0 else 0.0
         per_field[name] = _scaled(scores, best)
         if best and total:

@@ -107,9 +107,9 @@ def build_postings(parts: Sequence[FieldCounts], b: float, k1: float) -> dict[st
 
 @dataclass
 class FieldMatch:
-    scores: np.ndarray  # per case
-    problem: np.ndarray  # per case, from problem terms only
-    covered: np.ndarray  # per case, idf mass of the problem terms it contains
+    scores: np.ndarray  # per row asked for
+    problem: np.ndarray  # per row, from problem terms only
+    covered: np.ndarray  # per row, idf mass of the problem terms it contains
     total: float  # idf mass of all problem terms of the query found in this field
 
 
@@ -192,9 +192,11 @@ class LexicalIndex:
 
     def match_rows(self, rows: np.ndarray, term_ids: dict[str, int], query_weights: dict[str, float],
                    problem_terms: set[str]) -> "FieldMatch":
-        """:meth:`match` for the given rows only: a binary search per term in its postings,
-        so a common term costs the number of rows asked for, not its document frequency.
-        The searches are the only per-term work; the sums are one vectorised step."""
+        """The lexical evidence of the given rows (the candidates): their score, its part from
+        problem terms, and the idf mass of the problem terms each contains (of ``total``): how
+        much of what the query says (and this field knows of) a case shares, whatever its
+        length. A binary search per term in its postings, so a common term costs the number of
+        rows asked for, not its document frequency; the sums are one vectorised step."""
         size = len(rows)
         if not term_ids or not size:
             zeros = np.zeros(size)

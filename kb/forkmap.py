@@ -32,12 +32,13 @@ def _call(job: tuple[Callable[[Any, int, int], T], int, int]) -> T:
     return function(_STATE, start, end)
 
 
-def chunked(function: Callable[[Any, int, int], T], state: Any, size: int, *, min_size: int,
+def chunked(function: Callable[[Any, int, int], T], state: Any, size: int, *, parallel: bool,
             chunks_per_worker: int = 4) -> list[T]:
     """``function(state, start, end)`` over consecutive ranges covering ``0..size``, results in
-    order. One call in this process when ``size < min_size`` or no second core can be used."""
+    order. One call in this process unless ``parallel`` (the job is large enough to be worth
+    forking for) and a second core can be used."""
     workers = workers_available()
-    if size < min_size or workers < 2:
+    if not parallel or size < 2 or workers < 2:
         return [function(state, 0, size)]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor

@@ -246,7 +246,7 @@ def analyse_all(documents: Sequence[dict[str, Any] | StoredJson], fields: Sequen
     """Decode, tokenize and extract features of every case, on every core for a large base
     (:mod:`kb.forkmap`: the workers share the documents and the lexicon, nothing is copied)."""
     return forkmap.chunked(_analyse_range, (documents, fields, lexicon, stopwords, want_texts), len(documents),
-                           min_size=PARALLEL_MIN_CASES)
+                           parallel=len(documents) >= PARALLEL_MIN_CASES)
 
 
 def _field_postings(state: tuple[list[_Analysis], list[str], dict[str, float], float, Lexicon, frozenset[str], Path],
@@ -315,9 +315,8 @@ def build_index(
     names = entity_words(lexicon)
     fields = list(field_b)
     # One field per worker job (a large base only): numpy work over all of a field's pairs.
-    fields_in_parallel = 1 if len(reviewed) >= PARALLEL_MIN_CASES else len(fields) + 1
     vocabularies = forkmap.chunked(_field_postings, (parts, fields, field_b, float(lexical["k1"]), lexicon, names, directory),
-                                   len(fields), min_size=fields_in_parallel, chunks_per_worker=len(fields))
+                                   len(fields), parallel=len(reviewed) >= PARALLEL_MIN_CASES, chunks_per_worker=len(fields))
     n_terms = len({str(t) for found in vocabularies for terms in found for t in terms})
     np.save(directory / "facet_terms.npy", np.array(facet_names, dtype=str) if facet_names else np.array([], dtype="<U1"))
     np.save(directory / "facet_indptr.npy", np.cumsum([0, *(len(facets[f]) for f in facet_names)]).astype(np.int64))

@@ -342,7 +342,7 @@ def encode_all(encoder: Encoder, texts: Sequence[str], batch: int = 256) -> np.n
 
     if len(texts) >= PARALLEL_MIN_TEXTS:
         encoder.load()
-    parts = forkmap.chunked(_encode_range, (encoder, texts, batch), len(texts), min_size=PARALLEL_MIN_TEXTS)
+    parts = forkmap.chunked(_encode_range, (encoder, texts, batch), len(texts), parallel=len(texts) >= PARALLEL_MIN_TEXTS)
     return np.concatenate(parts).astype(np.float32, copy=False)
 
 

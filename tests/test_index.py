@@ -327,8 +327,8 @@ def test_forkmap_runs_chunks_in_workers_in_order():
     from kb import forkmap
 
     items = list(range(103))
-    results = forkmap.chunked(_pid, items, len(items), min_size=10)
+    results = forkmap.chunked(_pid, items, len(items), parallel=True)
     assert [x for _, part in results for x in part] == items
     if forkmap.workers_available() > 1:
         assert len(results) > 1 and os.getpid() not in {pid for pid, _ in results}
-    assert forkmap.chunked(_pid, items, len(items), min_size=1000) == [(os.getpid(), items)]
+    assert forkmap.chunked(_pid, items, len(items), parallel=False) == [(os.getpid(), items)]

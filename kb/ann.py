@@ -44,21 +44,34 @@ def kmeans(vectors: np.ndarray, k: int, iterations: int = 8, sample: int = 40000
     return centroids.astype(np.float32)
 
 
-def build_ivf(vectors: np.ndarray, directory: Path, lists: int | None = None) -> None:
-    n = len(vectors)
-    k = lists or max(1, int(4 * np.sqrt(n)))
-    centroids = kmeans(vectors, k)
-    assign = np.empty(n, dtype=np.int64)
-    for start in range(0, n, 8192):  # assign in blocks to bound memory
+def lists_for(cases: int) -> int:
+    return max(1, int(4 * np.sqrt(cases)))
+
+
+def nearest_lists(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """The list (closest centroid) of each vector; in blocks to bound memory."""
+    assign = np.empty(len(vectors), dtype=np.int64)
+    for start in range(0, len(vectors), 8192):
         block = np.asarray(vectors[start : start + 8192], dtype=np.float32)
         assign[start : start + len(block)] = np.argmax(block @ centroids.T, axis=1)
+    return assign
+
+
+def build_ivf(vectors: np.ndarray, directory: Path, lists: int | None = None) -> None:
+    centroids = kmeans(vectors, lists or lists_for(len(vectors)))
+    save_ivf(directory, centroids, nearest_lists(vectors, centroids), *Int8Vectors.encode(vectors))
+
+
+def save_ivf(directory: Path, centroids: np.ndarray, assign: np.ndarray, codes: np.ndarray, scales: np.ndarray) -> None:
+    """Write the lists: case rows grouped by ``assign``, with their int8 ``codes`` and ``scales``."""
+    k = len(centroids)
     order = np.argsort(assign, kind="stable")
     offsets = np.zeros(k + 1, dtype=np.int64)
     np.cumsum(np.bincount(assign, minlength=k), out=offsets[1:])
-    np.save(directory / "ivf_centroids.npy", centroids)
+    np.save(directory / "ivf_centroids.npy", np.asarray(centroids, dtype=np.float32))
     np.save(directory / "ivf_offsets.npy", offsets)
     np.save(directory / "ivf_rows.npy", order.astype(np.int32))
-    Int8Vectors.save(np.asarray(vectors, dtype=np.float32)[order], directory, "ivf_vectors")
+    Int8Vectors.save_codes(np.asarray(codes)[order], np.asarray(scales)[order], directory, "ivf_vectors")
 
 
 class IVF:

@@ -32,7 +32,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -42,7 +42,8 @@ from .lexical import ENTITY_GROUPS, FieldCounts, LexicalIndex, build_postings, c
 from .lexicon import LEXICON_FILE, Lexicon, Match, compile_lexicon, load_lexicon_source, normalize
 from .stored import StoredJson
 from .paths import data_file
-from .quantized import Int8Vectors, RangeReader
+from .quantized import Int8Vectors, RangeReader, concat_ranges
+from .reuse import SUMMARIES_FILE, Previous, content_digest, save_digests
 from .tokenize import Stopwords, tokenize_normalized
 
 INDEX_FORMAT = 4
@@ -156,6 +157,7 @@ class BuildReport:
     cases: int
     terms: int  # distinct terms over all fields
     embedded: int  # case texts embedded in this build (the rest came from the vector cache)
+    reused: int = 0  # cases whose rows were copied from the previous index (kb.reuse)
 
 
 def _status(document: dict[str, Any] | StoredJson) -> str:
@@ -249,44 +251,179 @@ def analyse_all(documents: Sequence[dict[str, Any] | StoredJson], fields: Sequen
                            parallel=len(documents) >= PARALLEL_MIN_CASES)
 
 
-def _field_postings(state: tuple[list[_Analysis], list[str], dict[str, float], float, Lexicon, frozenset[str], Path],
+@dataclass
+class _Rows:
+    """Which rows of the new index come from the previous one (:mod:`kb.reuse`)."""
+
+    count: int
+    old: np.ndarray  # per new row, its row in the previous index, or -1
+    prior: Previous | None
+
+    @property
+    def fresh(self) -> np.ndarray:
+        """Rows analysed in this build, ascending."""
+        return np.flatnonzero(self.old < 0)
+
+    @property
+    def kept(self) -> np.ndarray:
+        """Rows copied from the previous index, ascending."""
+        return np.flatnonzero(self.old >= 0)
+
+    def new_row_of_old(self) -> np.ndarray:
+        out = np.full(self.prior.cases if self.prior else 0, -1, dtype=np.int64)
+        kept = self.kept
+        out[self.old[kept]] = kept
+        return out
+
+
+def _field_postings(state: tuple[list[_Analysis], list[str], dict[str, float], float, Lexicon, frozenset[str], Path, _Rows],
                     start: int, end: int) -> list[np.ndarray]:
     """Build and save the postings of fields ``start..end`` (of ``state``'s list); their terms."""
-    parts, names, field_b, k1, lexicon, entity_names, directory = state
+    parts, names, field_b, k1, lexicon, entity_names, directory, rows = state
+    fresh, kept = rows.fresh, rows.kept
     vocabularies = []
     for name in names[start:end]:
-        arrays = build_postings([part.fields[name] for part in parts], field_b[name], k1)
+        counts = [part.fields[name] for part in parts]
+        lengths = np.zeros(rows.count, dtype=np.int32)
+        lengths[fresh] = np.concatenate([c.lengths for c in counts]) if counts else []
+        if rows.prior is not None and len(kept):
+            reused, old_lengths = rows.prior.field_counts(name, rows.new_row_of_old())
+            counts = [reused, *counts]
+            lengths[kept] = old_lengths[rows.old[kept]]
+        arrays = build_postings(counts, lengths, field_b[name], k1)
         LexicalIndex.save(arrays, directory, f"lex_{name}_")
-        entity = [is_entity_term(t, lexicon, entity_names) for t in map(str, arrays["terms"])]
-        np.save(directory / f"lex_{name}_entity.npy", np.array(entity, dtype=bool))
-        vocabularies.append(arrays["terms"])
+        terms = arrays["terms"]
+        if rows.prior is not None:
+            entity, known = rows.prior.entity_flags(name, terms)
+        else:
+            entity, known = np.zeros(len(terms), dtype=bool), np.zeros(len(terms), dtype=bool)
+        for i in np.flatnonzero(~known).tolist():
+            entity[i] = is_entity_term(str(terms[i]), lexicon, entity_names)
+        np.save(directory / f"lex_{name}_entity.npy", entity.astype(bool))
+        vocabularies.append(terms)
     return vocabularies
 
 
-def _write_lines(parts: Iterable[list[bytes]], path: Path) -> np.ndarray:
-    """Write JSON lines; their offsets (one more than lines)."""
-    lengths = [0]
+def _write_rows(path: Path, rows: _Rows, kind: str, fresh_lines: list[bytes]) -> np.ndarray:
+    """Write the JSONL file of every row (kept rows copied from the previous index); its
+    offsets (one more than rows)."""
+    sizes = np.zeros(rows.count, dtype=np.int64)
+    sizes[rows.fresh] = [len(line) for line in fresh_lines]
     with open(path, "wb") as handle:
-        for lines in parts:
-            handle.writelines(lines)
-            lengths.extend(map(len, lines))
-    return np.cumsum(lengths, dtype=np.int64)
+        if rows.prior is None:
+            handle.writelines(fresh_lines)
+        else:
+            kept = rows.kept
+            sizes[kept] = np.diff(rows.prior.line_offsets(kind))[rows.old[kept]]
+            handle.writelines(rows.prior.lines(kind, rows.old, iter(fresh_lines)))
+    return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+
+def _save_facets(parts: list[_Analysis], rows: _Rows, directory: Path) -> None:
+    """Postings of the exact facets: term -> rows ascending."""
+    fresh = rows.fresh
+    terms = [term for part in parts for facets in part.facets for term in facets]
+    where = np.repeat(fresh, [len(facets) for part in parts for facets in part.facets]) if len(fresh) else np.zeros(0, dtype=np.int64)
+    all_terms = np.array(terms, dtype=str) if terms else np.array([], dtype="<U1")
+    if rows.prior is not None and len(rows.kept):
+        kept_terms, kept_rows = rows.prior.facet_pairs(rows.new_row_of_old())
+        all_terms = np.concatenate([all_terms, kept_terms])
+        where = np.concatenate([where, kept_rows])
+    names, inverse = np.unique(all_terms, return_inverse=True)
+    order = np.lexsort((where, inverse))
+    np.save(directory / "facet_terms.npy", np.array(names.tolist(), dtype=str) if len(names) else np.array([], dtype="<U1"))
+    np.save(directory / "facet_indptr.npy", np.concatenate([[0], np.cumsum(np.bincount(inverse, minlength=len(names)))]).astype(np.int64))
+    np.save(directory / "facet_docs.npy", where[order].astype(np.int32))
+
+
+def _save_vectors(parts: list[_Analysis], rows: _Rows, reviewed: Sequence[Any], directory: Path, encoder,
+                  vector_cache, weights: dict[str, Any]) -> int:
+    """Case and text vectors (int8), and the IVF for a large base; how many texts were embedded.
+    Rows kept from a previous index of the same encoder keep their vectors and IVF list."""
+    prior = rows.prior
+    reuse = prior is not None and prior.semantic == encoder.name
+    kept = rows.kept if reuse else np.zeros(0, dtype=np.int64)
+    embed_rows = rows.fresh if reuse else np.arange(rows.count)
+    fresh_texts = [texts for part in parts for texts in part.texts or []]
+    if reuse or prior is None or not len(rows.kept):
+        per_row = fresh_texts
+    else:  # texts of kept rows from their documents: the previous index had other vectors
+        by_row = dict(zip(rows.fresh.tolist(), fresh_texts))
+        per_row = [by_row[r] if r in by_row else semantic_texts(prior.document(int(rows.old[r]))) for r in range(rows.count)]
+    flat = [t for texts in per_row for t in texts]
+    if vector_cache is not None:
+        vectors, embedded = vector_cache.embed(flat, encoder)
+    else:
+        from .semantic import encode_all
+
+        vectors, embedded = encode_all(encoder, flat), len(flat)
+    dim = int(prior.vectors.shape[1]) if len(kept) else int(vectors.shape[1])
+    per_case = np.zeros(rows.count, dtype=np.int64)
+    per_case[embed_rows] = [len(t) for t in per_row]
+    if len(kept):
+        per_case[kept] = np.diff(prior.text_indptr)[rows.old[kept]]
+    indptr = np.concatenate([[0], np.cumsum(per_case)]).astype(np.int64)
+    text_codes = np.empty((int(indptr[-1]), dim), dtype=np.int8)
+    text_scales = np.empty(int(indptr[-1]), dtype=np.float32)
+    case_codes = np.empty((rows.count, dim), dtype=np.int8)
+    case_scales = np.empty(rows.count, dtype=np.float32)
+    means = np.empty((len(embed_rows), dim), dtype=np.float32)
+    position = 0
+    for i, texts in enumerate(per_row):
+        mean = vectors[position : position + len(texts)].mean(axis=0)
+        position += len(texts)
+        norm = float(np.linalg.norm(mean)) or 1.0
+        means[i] = mean / norm
+    at = concat_ranges(indptr[embed_rows], per_case[embed_rows])
+    text_codes[at], text_scales[at] = Int8Vectors.encode(vectors)
+    case_codes[embed_rows], case_scales[embed_rows] = Int8Vectors.encode(means)
+    if len(kept):
+        old = rows.old[kept]
+        source = concat_ranges(prior.text_indptr[old], per_case[kept])
+        at = concat_ranges(indptr[kept], per_case[kept])
+        text_codes[at] = prior.text_vectors.codes[source]
+        text_scales[at] = prior.text_vectors.scales[source]
+        case_codes[kept] = prior.vectors.codes[old]
+        case_scales[kept] = prior.vectors.scales[old]
+    Int8Vectors.save_codes(case_codes, case_scales, directory, "vectors")
+    # Each text's own vector too, for the re-ranking's best-text cosine.
+    Int8Vectors.save_codes(text_codes, text_scales, directory, "text_vectors")
+    np.save(directory / "text_indptr.npy", indptr)
+    if rows.count >= int(weights["semantic"]["ann_min_cases"]):
+        from .ann import kmeans, lists_for, nearest_lists, save_ivf
+
+        ivf = prior.ivf if reuse else None
+        if ivf is not None and 2 * len(ivf["centroids"]) >= lists_for(rows.count):
+            # The lists stay; new rows join their nearest (re-clustered once the base has grown 4x).
+            centroids = ivf["centroids"]
+            assign = np.empty(rows.count, dtype=np.int64)
+            assign[kept] = ivf["assign"][rows.old[kept]]
+            assign[embed_rows] = nearest_lists(means, centroids)
+        else:
+            floats = means if not len(kept) else Int8Vectors(case_codes, case_scales)[:]
+            centroids = kmeans(floats, lists_for(rows.count))
+            assign = nearest_lists(floats, centroids)
+        save_ivf(directory, centroids, assign, case_codes, case_scales)
+    return embedded
 
 
 def build_index(
-    documents: Sequence[dict[str, Any]],
+    documents: Sequence[dict[str, Any] | StoredJson],
     key: dict[str, Any],
     directory: Path,
     *,
     encoder=None,
     vector_cache=None,
     every_field: bool = False,
+    previous: Sequence[Path] = (),
 ) -> BuildReport:
     """Build the index of the reviewed ``documents`` into ``directory`` (created; must not exist).
 
     ``encoder`` (a :class:`kb.semantic.Encoder`) adds the semantic stage; without it the
     index is lexical only. ``vector_cache`` reuses embeddings of unchanged texts. Fields
     whose weight is zero are left out unless ``every_field`` (weight fitting needs them).
+    ``previous``: earlier index directories, the first compatible one lends the rows of
+    unchanged cases (:mod:`kb.reuse`); the result is the same as without it.
     """
     lexicon_compiled = compile_lexicon(load_lexicon_source())
     lexicon = Lexicon(lexicon_compiled)
@@ -298,70 +435,50 @@ def build_index(
     field_b = {
         name: float(spec["b"]) for name, spec in lexical["fields"].items() if every_field or float(spec["weight"]) > 0
     }
+    fields = list(field_b)
 
     reviewed = sorted((d for d in documents if _status(d) == "reviewed"), key=_doc_id)
-    parts = analyse_all(reviewed, list(field_b), lexicon, stopwords, want_texts=encoder is not None)
-    ids = [case_id for part in parts for case_id in part.ids]
-    facets: dict[str, list[int]] = {}
-    row = 0
-    for part in parts:
-        for terms in part.facets:
-            for term in terms:
-                facets.setdefault(term, []).append(row)
-            row += 1
-    facet_names = sorted(facets)
+    digests = [content_digest(d) for d in reviewed]
+    prior = Previous.open(previous, key, fields) if previous else None
+    rows = _Rows(len(reviewed), prior.match(digests) if prior else np.full(len(reviewed), -1, dtype=np.int64), prior)
+    fresh = rows.fresh
+    parts = analyse_all([reviewed[i] for i in fresh.tolist()], fields, lexicon, stopwords, want_texts=encoder is not None)
+    for part in parts:  # rows counted within the analysed cases -> rows of the index
+        for counts in part.fields.values():
+            counts.rows = fresh[counts.rows].astype(np.int32)
 
     directory.mkdir(parents=True)
     names = entity_words(lexicon)
-    fields = list(field_b)
     # One field per worker job (a large base only): numpy work over all of a field's pairs.
-    vocabularies = forkmap.chunked(_field_postings, (parts, fields, field_b, float(lexical["k1"]), lexicon, names, directory),
+    vocabularies = forkmap.chunked(_field_postings, (parts, fields, field_b, float(lexical["k1"]), lexicon, names, directory, rows),
                                    len(fields), parallel=len(reviewed) >= PARALLEL_MIN_CASES, chunks_per_worker=len(fields))
     n_terms = len({str(t) for found in vocabularies for terms in found for t in terms})
-    np.save(directory / "facet_terms.npy", np.array(facet_names, dtype=str) if facet_names else np.array([], dtype="<U1"))
-    np.save(directory / "facet_indptr.npy", np.cumsum([0, *(len(facets[f]) for f in facet_names)]).astype(np.int64))
-    np.save(
-        directory / "facet_docs.npy",
-        np.array([r for f in facet_names for r in facets[f]], dtype=np.int32),
-    )
-    np.save(directory / "docs_offsets.npy", _write_lines((p.doc_lines for p in parts), directory / "docs.jsonl"))
-    np.save(directory / "features_offsets.npy", _write_lines((p.feature_lines for p in parts), directory / "features.jsonl"))
-    summaries = [s for part in parts for s in part.summaries]
+    _save_facets(parts, rows, directory)
+    np.save(directory / "docs_offsets.npy", _write_rows(directory / "docs.jsonl", rows, "docs", [x for p in parts for x in p.doc_lines]))
+    np.save(directory / "features_offsets.npy",
+            _write_rows(directory / "features.jsonl", rows, "features", [x for p in parts for x in p.feature_lines]))
+    summaries: list[Any] = [None] * len(reviewed)
+    for row, summary in zip(fresh.tolist(), (s for part in parts for s in part.summaries)):
+        summaries[row] = list(summary)
+    if prior is not None:
+        for row in rows.kept.tolist():
+            summaries[row] = prior.summaries[int(rows.old[row])]
     embedded = 0
     semantic = None
     if encoder is not None and reviewed:
-        per_case = [texts for part in parts for texts in part.texts or []]
-        flat = [t for texts in per_case for t in texts]
-        if vector_cache is not None:
-            vectors, embedded = vector_cache.embed(flat, encoder)
-        else:
-            from .semantic import encode_all
-
-            vectors, embedded = encode_all(encoder, flat), len(flat)
-        case_vectors = np.empty((len(reviewed), vectors.shape[1]), dtype=np.float32)
-        position = 0
-        for row, texts in enumerate(per_case):
-            mean = vectors[position : position + len(texts)].mean(axis=0)
-            position += len(texts)
-            norm = float(np.linalg.norm(mean)) or 1.0
-            case_vectors[row] = mean / norm
-        Int8Vectors.save(case_vectors, directory, "vectors")
-        # Each text's own vector too, for the re-ranking's best-text cosine.
-        Int8Vectors.save(vectors, directory, "text_vectors")
-        np.save(directory / "text_indptr.npy", np.cumsum([0, *(len(t) for t in per_case)]).astype(np.int64))
+        embedded = _save_vectors(parts, rows, reviewed, directory, encoder, vector_cache, weights)
         semantic = encoder.name
-        if len(reviewed) >= int(weights["semantic"]["ann_min_cases"]):
-            from .ann import build_ivf
-
-            build_ivf(case_vectors, directory)
+    save_digests(digests, directory)
+    with open(directory / SUMMARIES_FILE, "w", encoding="utf-8") as handle:
+        json.dump(summaries, handle, ensure_ascii=False)
     with open(directory / "ids.json", "w", encoding="utf-8") as handle:
-        json.dump(ids, handle)
+        json.dump([_doc_id(d) for d in reviewed], handle)
     meta = {
         "key": key,
         "lexicon": lexicon_compiled,
         "stopwords": stop_lists,
         "weights": weights,
-        "fields": list(field_b),
+        "fields": fields,
         "cases": len(reviewed),
         "terms": n_terms,
         "entity_words": sorted(names),
@@ -373,7 +490,24 @@ def build_index(
     }
     with open(directory / "meta.json", "w", encoding="utf-8") as handle:  # written last: marks the index complete
         json.dump(meta, handle, ensure_ascii=False)
-    return BuildReport(len(reviewed), n_terms, embedded)
+    return BuildReport(len(reviewed), n_terms, embedded, len(rows.kept))
+
+
+def earlier_indexes(parent: Path, exclude: Path) -> list[Path]:
+    """Complete index directories beside ``exclude``, those of the same variant (with or
+    without the semantic stage) first, newest first: what a rebuild may reuse."""
+    if not parent.is_dir():
+        return []
+    variant = exclude.name.partition("-")[2]
+    found = []
+    for entry in parent.iterdir():
+        if entry == exclude or entry.name.startswith("."):
+            continue
+        try:
+            found.append((entry.name.partition("-")[2] != variant, -(entry / "meta.json").stat().st_mtime, entry))
+        except OSError:
+            continue
+    return [entry for *_, entry in sorted(found)]
 
 
 # -- reading ----------------------------------------------------------------------------

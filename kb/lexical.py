@@ -42,7 +42,7 @@ class FieldCounts:
     Index builds tokenize in worker processes; each returns these small arrays
     instead of token lists, and :func:`build_postings` merges them."""
 
-    terms: list[str]  # this part's own vocabulary; term_ids index into it
+    terms: Sequence[str] | np.ndarray  # this part's own vocabulary; term_ids index into it
     term_ids: np.ndarray  # int32
     rows: np.ndarray  # int32, global case rows
     counts: np.ndarray  # float32
@@ -68,20 +68,26 @@ def count_tokens(token_lists: Sequence[list[str]], first_row: int = 0) -> FieldC
     )
 
 
-def build_postings(parts: Sequence[FieldCounts], b: float, k1: float) -> dict[str, np.ndarray]:
-    """Arrays of one field's BM25 index from the counts of consecutive runs of rows.
+def build_postings(parts: Sequence[FieldCounts], lengths: np.ndarray, b: float, k1: float) -> dict[str, np.ndarray]:
+    """Arrays of one field's BM25 index from the counts of runs of rows (``lengths``: tokens
+    per row, every row of the index).
 
     Vectorised over all (term, case) pairs: a term's weight in a case is
     idf * tf' (k1 + 1) / (tf' + k1), where tf' is the count divided by the
-    case's length normalisation 1 - b + b * length / average length."""
-    lengths = np.concatenate([p.lengths for p in parts]) if parts else np.zeros(0, dtype=np.int32)
+    case's length normalisation 1 - b + b * length / average length. Besides the
+    weights, each pair's count and each row's length are kept (``counts``,
+    ``lengths``): the next build reuses them for the cases that did not change."""
+    lengths = np.asarray(lengths, dtype=np.int32)
     n_docs = len(lengths)
-    local_terms = [np.array(p.terms, dtype=str) for p in parts if p.terms]
+    local_terms = [np.asarray(p.terms, dtype=str) for p in parts if len(p.terms)]
     if not local_terms:
         empty = np.zeros(0)
         return {"terms": np.array([], dtype="<U1"), "indptr": np.zeros(1, dtype=np.int64),
-                "docs": empty.astype(np.int32), "weights": empty.astype(np.float32), "idf": empty.astype(np.float32)}
+                "docs": empty.astype(np.int32), "weights": empty.astype(np.float32), "idf": empty.astype(np.float32),
+                "counts": empty.astype(np.int32), "lengths": lengths}
     terms, inverse = np.unique(np.concatenate(local_terms), return_inverse=True)
+    # The narrowest string width that holds them: the same bytes whichever parts they came from.
+    terms = terms.astype(f"<U{max(1, int(np.char.str_len(terms).max()))}")
     global_ids, start = [], 0
     for part in parts:
         remap = inverse[start : start + len(part.terms)]
@@ -102,6 +108,8 @@ def build_postings(parts: Sequence[FieldCounts], b: float, k1: float) -> dict[st
         "docs": rows[order].astype(np.int32),
         "weights": weights[order].astype(np.float32),
         "idf": idf.astype(np.float32),
+        "counts": counts[order].astype(np.int32),
+        "lengths": lengths,
     }
 
 
@@ -117,6 +125,7 @@ class LexicalIndex:
     """Read side of :func:`build_postings`; arrays may be memory-mapped."""
 
     NAMES = ("terms", "indptr", "docs", "weights", "idf")
+    BUILD_NAMES = ("counts", "lengths")  # saved for the next build (kb.reuse), not read by queries
 
     def __init__(self, arrays: dict[str, np.ndarray], n_docs: int, k1: float):
         # Plain ndarray views of the maps: same memory, without np.memmap's per-slice overhead.
@@ -135,7 +144,7 @@ class LexicalIndex:
 
     @staticmethod
     def save(arrays: dict[str, np.ndarray], directory: Path, prefix: str) -> None:
-        for name in LexicalIndex.NAMES:
+        for name in (*LexicalIndex.NAMES, *LexicalIndex.BUILD_NAMES):
             np.save(directory / f"{prefix}{name}.npy", arrays[name], allow_pickle=False)
 
     def __len__(self) -> int:

@@ -80,9 +80,12 @@ class Int8Vectors:
 
     @classmethod
     def save(cls, vectors: np.ndarray, directory: Path, name: str) -> None:
-        codes, scales = cls.encode(vectors)
-        np.save(directory / f"{name}_codes.npy", codes, allow_pickle=False)
-        np.save(directory / f"{name}_scales.npy", scales, allow_pickle=False)
+        cls.save_codes(*cls.encode(vectors), directory, name)
+
+    @staticmethod
+    def save_codes(codes: np.ndarray, scales: np.ndarray, directory: Path, name: str) -> None:
+        np.save(directory / f"{name}_codes.npy", np.asarray(codes, dtype=np.int8), allow_pickle=False)
+        np.save(directory / f"{name}_scales.npy", np.asarray(scales, dtype=np.float32), allow_pickle=False)
 
     @classmethod
     def load(cls, directory: Path, name: str, random_reads: bool = False) -> "Int8Vectors":

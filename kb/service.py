@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import DatabaseError, NotFoundError
-from .index import LoadedIndex, build_aside, index_key, key_name, load_index, remove_stale
+from .index import LoadedIndex, build_aside, earlier_indexes, index_key, key_name, load_index, remove_stale
 from .paths import bundled_cases_dir, user_cache_dir, user_data_dir
 from .querytext import validate_query
 from .results import SearchOutcome
@@ -286,7 +286,10 @@ class KnowledgeBase:
                 from .bundled_vectors import seed_for
 
                 cache = VectorCache(self.cache / "vectors" / encoder.name, seed=seed_for(encoder.name)) if encoder is not None else None
-                build_aside(documents, key, directory, encoder=encoder, vector_cache=cache, every_field=self.every_field)
+                earlier = [self._index.directory] if self._index is not None else []
+                earlier += [d for d in earlier_indexes(self.index_parent, directory) if d not in earlier]
+                build_aside(documents, key, directory, encoder=encoder, vector_cache=cache, every_field=self.every_field,
+                            previous=earlier)
                 index = load_index(directory)
                 if index is None:
                     raise DatabaseError(f"{directory}: the index was built but cannot be read back")

@@ -61,7 +61,7 @@ def index(documents, tmp_path_factory) -> LoadedIndex:
 def test_bm25_matches_the_textbook_formula():
     docs = [["loss", "nan", "fp16", "loss"], ["loss", "plateau"], ["oom", "zero3", "offload", "oom", "oom"]]
     k1, b = 1.2, 0.75
-    arrays = build_postings([count_tokens(docs[:1], 0), count_tokens(docs[1:], 1)], b, k1)  # two parts, as from two workers
+    arrays = build_postings([count_tokens(docs[:1], 0), count_tokens(docs[1:], 1)], [len(d) for d in docs], b, k1)  # two parts, as from two workers
     lexical = LexicalIndex(arrays, len(docs), k1)
     average = sum(map(len, docs)) / len(docs)
     query = {"loss": 1.0, "oom": 2.0, "absent": 1.0}
@@ -332,3 +332,89 @@ def test_forkmap_runs_chunks_in_workers_in_order():
     if forkmap.workers_available() > 1:
         assert len(results) > 1 and os.getpid() not in {pid for pid, _ in results}
     assert forkmap.chunked(_pid, items, len(items), parallel=False) == [(os.getpid(), items)]
+
+
+def _changed_base(documents):
+    """An older state of the case base: ten cases not yet added, five since edited."""
+    older = [dict(d) for d in documents[10:]]
+    for doc in older[:5]:
+        doc["symptom"] = doc["symptom"] + " (first draft)"
+    return older
+
+
+def _same_files(first, second, skip=()):
+    names = sorted(p.name for p in first.iterdir() if not p.name.startswith(skip or "\0"))
+    assert names == sorted(p.name for p in second.iterdir() if not p.name.startswith(skip or "\0"))
+    for name in names:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_rebuild_reuses_unchanged_rows_and_writes_the_same_index(tmp_path, documents, monkeypatch, parallel):
+    """A rebuild analyses and embeds only new and edited cases; its files equal a build from scratch."""
+    import kb.index as index_module
+
+    if parallel:
+        monkeypatch.setattr(index_module, "PARALLEL_MIN_CASES", 1)
+    build_index(_changed_base(documents), index_key("x"), tmp_path / "before", encoder=HashEncoder())
+    encoder = HashEncoder()
+    report = build_index(documents, index_key("y"), tmp_path / "after", encoder=encoder, previous=[tmp_path / "before"])
+    reviewed = [d for d in documents if d.get("status", "reviewed") == "reviewed"]
+    changed = {d["id"] for d in documents[:15]}
+    assert report.reused == len(reviewed) - len(changed & {d["id"] for d in reviewed})
+    assert encoder.texts == sum(len(semantic_texts(d)) for d in reviewed if d["id"] in changed)
+    scratch = tmp_path / "scratch"
+    build_index(documents, index_key("y"), scratch, encoder=HashEncoder())
+    _same_files(scratch, tmp_path / "after")
+
+
+def test_rebuild_reuses_rows_across_variants_but_not_other_data(tmp_path, documents):
+    """A lexical index lends its rows to a semantic build (texts are embedded anew); an index of
+    other data files (lexicon, weights) lends nothing."""
+    build_index(_changed_base(documents), index_key("x"), tmp_path / "lexical")
+    report = build_index(documents, index_key("y"), tmp_path / "semantic", encoder=HashEncoder(), previous=[tmp_path / "lexical"])
+    assert report.reused > 100
+    build_index(documents, index_key("y"), tmp_path / "scratch", encoder=HashEncoder())
+    _same_files(tmp_path / "scratch", tmp_path / "semantic")
+    other = dict(index_key("x"), data="another lexicon")
+    build_index(documents, other, tmp_path / "other")
+    assert build_index(documents, index_key("z"), tmp_path / "z", previous=[tmp_path / "other"]).reused == 0
+    assert build_index(documents, index_key("z"), tmp_path / "z2", previous=[tmp_path / "missing", tmp_path / "other",
+                                                                               tmp_path / "lexical"]).reused > 100
+
+
+def test_rebuild_keeps_the_ivf_lists(tmp_path, documents, monkeypatch):
+    """Above ann_min_cases, kept rows stay in their list and new rows join the nearest one."""
+    import kb.index as index_module
+
+    original = index_module.load_yaml_data
+
+    def small_ann(name):
+        data = original(name)
+        if name == index_module.WEIGHTS_FILE:
+            data["semantic"]["ann_min_cases"] = 50
+        return data
+
+    monkeypatch.setattr(index_module, "load_yaml_data", small_ann)
+    build_index(_changed_base(documents), index_key("x"), tmp_path / "before", encoder=HashEncoder())
+    build_index(documents, index_key("y"), tmp_path / "after", encoder=HashEncoder(), previous=[tmp_path / "before"])
+    before, after = IVF(tmp_path / "before"), IVF(tmp_path / "after")
+    assert np.array_equal(before.centroids, after.centroids)
+    index = LoadedIndex(tmp_path / "after")
+    assert sorted(after.rows.tolist()) == list(range(len(index)))
+    assert np.array_equal(after.vectors.codes, index.vectors.codes[after.rows])
+    old_index = LoadedIndex(tmp_path / "before")
+
+    def lists(ivf, size):
+        where = np.empty(size, dtype=np.int64)
+        where[ivf.rows] = np.repeat(np.arange(len(ivf.offsets) - 1), np.diff(ivf.offsets))
+        return where
+
+    old_lists, new_lists = lists(before, len(old_index)), lists(after, len(index))
+    unchanged = {d["id"] for d in documents[15:]}
+    for row, case_id in enumerate(index.ids):
+        if case_id in unchanged:  # kept where it was
+            assert new_lists[row] == old_lists[old_index.row(case_id)]
+        else:  # the closest list, up to int8 rounding
+            cosines = after.centroids @ index.vectors[row]
+            assert cosines[new_lists[row]] >= cosines.max() - 0.01

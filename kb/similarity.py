@@ -116,6 +116,14 @@ def local_similarity(name: str, spec: dict[str, Any], query_values: list, case: 
     raise ValueError(f"weights.yaml: feature {name!r} has unknown sim kind {kind!r}")
 
 
+def _present(query: dict[str, list], weights: dict[str, Any]) -> tuple[list[str], float]:
+    """The features the query states, and the denominator their weights share."""
+    settings = weights["features"]
+    specs: dict[str, dict[str, Any]] = settings["specs"]
+    present = [name for name in specs if query.get(name)]
+    return present, sum(specs[name]["weight"] for name in present) + float(settings.get("prior", 0.0))
+
+
 def combine(query: dict[str, list], case: dict[str, Any], weights: dict[str, Any], lexicon: Lexicon,
             explain: bool = True) -> tuple[float, list[FeatureScore]]:
     """Weighted feature similarity in [0, 1] and the per-feature breakdown.
@@ -123,15 +131,13 @@ def combine(query: dict[str, list], case: dict[str, Any], weights: dict[str, Any
     Each breakdown entry's ``contribution`` is its share of the final score
     (already multiplied by the features' weight in the mix), so contributions add up.
     ``explain=False`` skips the breakdown: re-ranking needs only the totals, and only
-    the few cases shown are explained.
+    the few cases shown are explained (:class:`FeatureScorer` does the re-ranking).
     """
-    settings = weights["features"]
-    specs: dict[str, dict[str, Any]] = settings["specs"]
-    present = [name for name in specs if query.get(name)]
+    specs: dict[str, dict[str, Any]] = weights["features"]["specs"]
+    present, denominator = _present(query, weights)
     if not present:
         return 0.0, []
-    denominator = sum(specs[name]["weight"] for name in present) + float(settings.get("prior", 0.0))
-    mix = float(settings["weight"])
+    mix = float(weights["features"]["weight"])
     scores: list[FeatureScore] = []
     total = 0.0
     for name in present:
@@ -142,3 +148,36 @@ def combine(query: dict[str, list], case: dict[str, Any], weights: dict[str, Any
         if explain:
             scores.append(FeatureScore(name, q, c, round(sim, 4), spec["weight"], round(mix * part, 4)))
     return total, scores
+
+
+# What a feature's similarity reads of a case besides the feature itself (see _concept_similarity).
+_ALSO_READ = {"model": ("model_also", "model_family"), "framework": ("framework_libraries",)}
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+class FeatureScorer:
+    """:func:`combine`'s total for many cases and one query. The candidates of a query share
+    most feature values (the same model, framework, GPU), so each feature's similarity is
+    computed once per distinct value the cases hold, not once per case."""
+
+    def __init__(self, query: dict[str, list], weights: dict[str, Any], lexicon: Lexicon):
+        specs: dict[str, dict[str, Any]] = weights["features"]["specs"]
+        present, denominator = _present(query, weights)
+        self._features = [(name, specs[name], query[name], _ALSO_READ.get(name, ()) if specs[name]["sim"] == "concept" else ())
+                          for name in present]
+        self._denominator = denominator
+        self._lexicon = lexicon
+        self._known: dict[tuple, float] = {}
+
+    def total(self, case: dict[str, Any]) -> float:
+        total = 0.0
+        for name, spec, values, also in self._features:
+            key = (name, _frozen(case.get(name)), *(_frozen(case.get(other)) for other in also))
+            sim = self._known.get(key)
+            if sim is None:
+                sim = self._known[key] = local_similarity(name, spec, values, case, self._lexicon, explain=False)[0]
+            total += spec["weight"] * sim / self._denominator
+        return total

@@ -89,3 +89,24 @@ def test_problem_evidence_outweighs_names(weights):
 
 def test_no_features_no_feature_score(lexicon, weights):
     assert combine({}, {"model": ["gemma-3"]}, weights, lexicon) == (0.0, [])
+
+
+def test_feature_scorer_totals_equal_combine(lexicon, weights):
+    """The re-ranking's memoised totals are combine()'s, case by case, for every kind of feature."""
+    from kb.similarity import FeatureScorer
+
+    query = {"model": ["llama-3"], "framework": ["llama-factory"], "symptom": ["loss-nan", "oom"], "loss": [70.0],
+             "precision": ["fp16"], "zero_stage": [3], "gpu_count": [8]}
+    cases = [
+        {"model": ["llama-3"], "model_family": "llama", "framework": ["deepspeed"], "symptom": ["loss-nan"], "loss": [65.0]},
+        {"model": ["llama-2"], "model_family": "llama", "framework": ["llama-factory"], "precision": ["bf16"], "zero_stage": [3]},
+        {"model": ["qwen2"], "model_also": ["llama-3"], "framework": ["trl"], "framework_libraries": ["llama-factory"]},
+        {"model": ["llama-2"], "model_family": "other", "symptom": ["oom", "loss-nan"], "gpu_count": [4], "loss": [1.8]},
+        {"model": ["qwen2"], "framework": ["trl"]},  # same model and framework as the third, without what made them count
+        {},
+    ]
+    scorer = FeatureScorer(query, weights, lexicon)
+    totals = [scorer.total(case) for case in cases * 2]  # the second round is answered from the memo
+    assert totals == [combine(query, case, weights, lexicon, explain=False)[0] for case in cases * 2]
+    assert len(set(totals)) > 3 and totals[2] != totals[4]
+    assert FeatureScorer({}, weights, lexicon).total(cases[0]) == 0.0

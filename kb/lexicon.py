@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 from .paths import data_file
 
@@ -58,8 +57,11 @@ def _alias_key(alias: str) -> tuple[str, bool]:
     return " ".join(_ASCII_WORD.findall(norm)), False
 
 
-@dataclass(frozen=True)
-class Match:
+class Match(NamedTuple):
+    """A concept found in normalized text, at ``start:end``. A named tuple, not a frozen
+    dataclass: an index build makes ~200 of them per case, and a frozen dataclass is built
+    through object.__setattr__ (measured: 30% of find()'s own time)."""
+
     group: str
     concept: str
     start: int
@@ -181,8 +183,11 @@ class Lexicon:
                     if key not in prefixes:
                         break
                 targets = self._ascii.get(key)
-                if targets and not _cuts_number(norm, spans[j][1]):
-                    candidates.append((spans[i][0], spans[j][1], targets))
+                if targets:
+                    end = spans[j][1]
+                    # not when it stops inside a decimal ('loss 0' in 'loss 0.95'); inlined: hot
+                    if not (end + 1 < len(norm) and norm[end] == "." and norm[end - 1].isdigit() and norm[end + 1].isdigit()):
+                        candidates.append((spans[i][0], end, targets))
         if has_cjk(norm):
             for end, key in self._cjk_automaton().iter(norm):
                 candidates.append((end + 1 - len(key), end + 1, self._cjk[key]))
@@ -215,11 +220,6 @@ class Lexicon:
     def has_cue(self, name: str) -> bool:
         """Cues added later are optional, so an index built with an older lexicon still answers."""
         return name in self.compiled["cues"]
-
-
-def _cuts_number(norm: str, end: int) -> bool:
-    """True when a match ending at ``end`` stops inside a decimal ('loss 0' in 'loss 0.95')."""
-    return end + 1 < len(norm) and norm[end - 1].isdigit() and norm[end] == "." and norm[end + 1].isdigit()
 
 
 def _cue_pattern(spec: dict[str, list[str]]) -> re.Pattern[str]:

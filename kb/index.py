@@ -531,19 +531,19 @@ class _Lines:
         return json.loads(self._reader.read(start, end - start))
 
 
-# Parsed rows kept between queries. Small on purpose: each row is ~12 containers the garbage
-# collector walks in every full pass, and at 100k cases 8,192 features and 4,096 documents
-# made those passes ~35 ms (the slowest 1% of queries), for a hit rate of ~14%.
-DOC_CACHE_ROWS = 512
-FEATURE_CACHE_ROWS = 2048
+# Parsed rows are kept between queries only when every row of the base fits: each row is
+# ~12 containers the garbage collector walks in every full pass. At 100k cases, caches of
+# 8,192 feature rows and 4,096 documents hit 14% of the time and made those passes ~35 ms
+# (the slowest 1% of queries); a larger base parses the rows it needs each time (~10 us each).
+CACHE_ROWS = 4096
 
 
-def _cached(cache: dict[int, Any], lines: "_Lines", row: int, limit: int) -> Any:
-    """A parsed JSONL row, kept for the next query; the cache is bounded (cleared when full)."""
+def _cached(cache: dict[int, Any] | None, lines: "_Lines", row: int) -> Any:
+    """A parsed JSONL row: from ``cache`` when there is one (it holds at most every row)."""
+    if cache is None:
+        return lines[row]
     found = cache.get(row)
     if found is None:
-        if len(cache) >= limit:
-            cache.clear()
         found = cache[row] = lines[row]
     return found
 
@@ -584,8 +584,9 @@ class LoadedIndex:
         self._docs = _Lines(directory / "docs.jsonl", np.load(directory / "docs_offsets.npy", mmap_mode="r"))
         self._features = _Lines(directory / "features.jsonl", np.load(directory / "features_offsets.npy", mmap_mode="r"))
         self._rows: dict[str, int] | None = None
-        self._doc_cache: dict[int, dict[str, Any]] = {}
-        self._feature_cache: dict[int, dict[str, Any]] = {}
+        small = len(self.ids) <= CACHE_ROWS
+        self._doc_cache: dict[int, dict[str, Any]] | None = {} if small else None
+        self._feature_cache: dict[int, dict[str, Any]] | None = {} if small else None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -596,10 +597,10 @@ class LoadedIndex:
         return self._rows.get(case_id)
 
     def document(self, row: int) -> dict[str, Any]:
-        return _cached(self._doc_cache, self._docs, row, DOC_CACHE_ROWS)
+        return _cached(self._doc_cache, self._docs, row)
 
     def features(self, row: int) -> dict[str, Any]:
-        return _cached(self._feature_cache, self._features, row, FEATURE_CACHE_ROWS)
+        return _cached(self._feature_cache, self._features, row)
 
     def document_by_id(self, case_id: str) -> dict[str, Any] | None:
         row = self.row(case_id)

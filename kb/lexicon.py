@@ -223,11 +223,13 @@ class Lexicon:
 
 
 def _cue_pattern(spec: dict[str, list[str]]) -> re.Pattern[str]:
-    """A regex finding any cue word: whole words for Latin cues, anywhere for CJK ones."""
-    parts: list[str] = []
-    for key in sorted(spec["ascii"], key=len, reverse=True):
-        body = r"[\s\-_./]{0,3}".join(re.escape(w) for w in key.split(" "))
-        parts.append(rf"(?<![a-z0-9]){body}(?![a-z0-9])")
+    """A regex finding any cue word: whole words for Latin cues, anywhere for CJK ones.
+
+    The word-boundary checks stand once around all Latin cues rather than in each of
+    them: the same matches, but the engine tests the boundary once per position instead
+    of once per cue (the cue scans were 12% of an index build's per-case analysis)."""
+    words = [r"[\s\-_./]{0,3}".join(re.escape(w) for w in key.split(" ")) for key in sorted(spec["ascii"], key=len, reverse=True)]
+    parts = [rf"(?<![a-z0-9])(?:{'|'.join(words)})(?![a-z0-9])"] if words else []
     parts.extend(re.escape(k) for k in sorted(spec["cjk"], key=len, reverse=True))
     return re.compile("|".join(parts) if parts else r"(?!x)x")
 

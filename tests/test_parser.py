@@ -270,3 +270,24 @@ def test_parsed_text_is_the_original(lexicon, stopwords):
     parsed = parse(report, lexicon, stopwords)
     assert parsed.text == report
     assert "[rank0]" not in parsed.clean_text and "/opt" not in parsed.clean_text
+
+
+def test_cue_patterns_match_as_one_boundary_check_per_cue_would():
+    """The cue regexes test word boundaries once around all Latin cues; they must find exactly
+    what a pattern with the boundaries inside each cue finds (the plain reading of the rule)."""
+    import re
+
+    from kb.casefiles import load_cases
+    from kb.lexicon import Lexicon, _cue_pattern, normalize
+    from kb.paths import bundled_cases_dir
+
+    lexicon = Lexicon.from_file()
+    texts = [normalize("\n".join([c.case.title, c.case.symptom, *c.case.causes])) for c in load_cases([bundled_cases_dir()])]
+    texts += ["lr=2e-5, bs 8 x 4 gpus; loss 0.69 at step 300", "8xa100 seqlen 4096 lora r 16 学习率 1e-4 批大小 32", "blr 3 lrs"]
+    for name, spec in lexicon.compiled["cues"].items():
+        joiner = r"[\s\-_./]{0,3}"
+        plain = [r"(?<![a-z0-9])" + joiner.join(map(re.escape, key.split(" "))) + r"(?![a-z0-9])"
+                 for key in sorted(spec["ascii"], key=len, reverse=True)]
+        reference = re.compile("|".join(plain + [re.escape(k) for k in sorted(spec["cjk"], key=len, reverse=True)]))
+        for text in texts:
+            assert [m.span() for m in _cue_pattern(spec).finditer(text)] == [m.span() for m in reference.finditer(text)], name

@@ -49,6 +49,9 @@ from .quantized import Int8Vectors, RangeReader, concat_ranges
 from .reuse import SUMMARIES_FILE, Previous, content_digest, save_digests
 from .tokenize import Stopwords, tokenize_normalized
 
+# Bump when the files change, or when a case would be analysed differently (tokens, features):
+# an index of the same key is used as it is, and a rebuild copies the rows of unchanged cases
+# from an index of the same format and data files (kb/reuse.py).
 INDEX_FORMAT = 5
 WEIGHTS_FILE = "weights.yaml"
 STOPWORDS_FILE = "stopwords.yaml"
@@ -339,7 +342,7 @@ def _save_facets(parts: list[_Analysis], rows: _Rows, directory: Path) -> None:
     np.save(directory / "facet_docs.npy", where[order].astype(np.int32))
 
 
-def _save_vectors(parts: list[_Analysis], rows: _Rows, reviewed: Sequence[Any], directory: Path, encoder,
+def _save_vectors(parts: list[_Analysis], rows: _Rows, directory: Path, encoder,
                   vector_cache, weights: dict[str, Any]) -> int:
     """Case and text vectors (int8), and the IVF for a large base; how many texts were embedded.
     Rows kept from a previous index of the same encoder keep their vectors and IVF list."""
@@ -469,7 +472,7 @@ def build_index(
     embedded = 0
     semantic = None
     if encoder is not None and reviewed:
-        embedded = _save_vectors(parts, rows, reviewed, directory, encoder, vector_cache, weights)
+        embedded = _save_vectors(parts, rows, directory, encoder, vector_cache, weights)
         semantic = encoder.name
     save_digests(digests, directory)
     with open(directory / SUMMARIES_FILE, "w", encoding="utf-8") as handle:

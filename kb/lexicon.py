@@ -8,6 +8,7 @@ tokenizer (concept tokens for TF-IDF) and the query parser (features).
 
 from __future__ import annotations
 
+import operator
 import re
 import unicodedata
 from pathlib import Path
@@ -125,6 +126,9 @@ def load_lexicon_source(path: Path | None = None) -> dict[str, Any]:
         return yaml.safe_load(handle) or {}
 
 
+_BY_START_AND_GROUP = operator.itemgetter(2, 0)  # Match.start, Match.group
+
+
 class Lexicon:
     """Matching over a compiled lexicon (see :func:`compile_lexicon`)."""
 
@@ -172,21 +176,21 @@ class Lexicon:
         # most words start no alias: one set look-up each, and positions only when one does
         firsts = [i for i, word in enumerate(words) if word in prefixes]
         spans = [m.span() for m in _ASCII_WORD.finditer(norm)] if firsts else []
+        ascii_table, joined, size = self._ascii, _JOINER.fullmatch, len(norm)
         for i in firsts:
             key = words[i]
             end_limit = min(len(words), i + self._max_words)
             for j in range(i, end_limit):
                 if j > i:
-                    if not _JOINER.fullmatch(norm, spans[j - 1][1], spans[j][0]):
-                        break
+                    # the cheap test first: most words extend no alias
                     key = f"{key} {words[j]}"
-                    if key not in prefixes:
+                    if key not in prefixes or not joined(norm, spans[j - 1][1], spans[j][0]):
                         break
-                targets = self._ascii.get(key)
+                targets = ascii_table.get(key)
                 if targets:
                     end = spans[j][1]
                     # not when it stops inside a decimal ('loss 0' in 'loss 0.95'); inlined: hot
-                    if not (end + 1 < len(norm) and norm[end] == "." and norm[end - 1].isdigit() and norm[end + 1].isdigit()):
+                    if not (end + 1 < size and norm[end] == "." and norm[end - 1].isdigit() and norm[end + 1].isdigit()):
                         candidates.append((spans[i][0], end, targets))
         if has_cjk(norm):
             for end, key in self._cjk_automaton().iter(norm):
@@ -201,7 +205,7 @@ class Lexicon:
                 continue
             taken[start:end] = b"\x01" * (end - start)
             matches.extend(Match(group, concept, start, end) for group, concept in targets)
-        matches.sort(key=lambda m: (m.start, m.group))
+        matches.sort(key=_BY_START_AND_GROUP)
         return matches
 
     def resolve(self, group: str, value: str) -> str | None:

@@ -61,17 +61,21 @@ class FieldCounts:
 def count_tokens(token_lists: Sequence[list[str]], first_row: int = 0) -> FieldCounts:
     vocabulary: dict[str, int] = {}
     term_ids: list[int] = []
-    rows: list[int] = []
+    per_row: list[int] = []
     counts: list[int] = []
-    for offset, tokens in enumerate(token_lists):
-        for term, count in Counter(tokens).items():
-            term_ids.append(vocabulary.setdefault(term, len(vocabulary)))
-            rows.append(first_row + offset)
-            counts.append(count)
+    for tokens in token_lists:
+        counted = Counter(tokens)
+        for term in counted:
+            if term not in vocabulary:
+                vocabulary[term] = len(vocabulary)
+        term_ids.extend(map(vocabulary.__getitem__, counted))
+        counts.extend(counted.values())
+        per_row.append(len(counted))
+    rows = np.repeat(np.arange(first_row, first_row + len(token_lists), dtype=np.int32), per_row)
     return FieldCounts(
         list(vocabulary),
         np.array(term_ids, dtype=np.int32),
-        np.array(rows, dtype=np.int32),
+        rows,
         np.array(counts, dtype=np.float32),
         np.array([len(t) for t in token_lists], dtype=np.int32),
     )

@@ -37,7 +37,20 @@ class RangeReader:
         self.offset = offset
 
     def read(self, start: int, length: int) -> bytes:
-        return os.pread(self._file.fileno(), length, self.offset + start)
+        """Exactly ``length`` bytes from ``start`` (pread may return fewer: Linux caps one call
+        near 2 GB); an error if the file ends first."""
+        data = os.pread(self._file.fileno(), length, self.offset + start)
+        if len(data) == length:
+            return data
+        parts = [data]
+        done = len(data)
+        while done < length:
+            more = os.pread(self._file.fileno(), length - done, self.offset + start + done)
+            if not more:
+                raise OSError(f"{self._file.name}: ends before byte {self.offset + start + length}")
+            parts.append(more)
+            done += len(more)
+        return b"".join(parts)
 
     def close(self) -> None:
         self._file.close()

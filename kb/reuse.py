@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from .lexical import FieldCounts
-from .quantized import Int8Vectors, concat_ranges
+from .quantized import Int8Vectors, RangeReader, concat_ranges
 from .stored import StoredJson
 
 HASHES_FILE = "hashes.npy"
@@ -70,7 +69,7 @@ class Previous:
                 for part in ("terms", "fwd_indptr", "fwd_terms", "fwd_counts", "lengths", "entity")
             }
         self.facets = {part: np.load(directory / f"facet_{part}.npy", mmap_mode="r") for part in ("terms", "indptr", "docs")}
-        self._lines = {kind: _MappedLines(directory / f"{kind}.jsonl", np.load(directory / f"{kind}_offsets.npy"))
+        self._lines = {kind: _Lines(directory / f"{kind}.jsonl", np.load(directory / f"{kind}_offsets.npy"))
                        for kind in ("docs", "features")}
         self.semantic: str | None = meta.get("semantic")
         if self.semantic:
@@ -149,19 +148,23 @@ class Previous:
         return json.loads(self._lines["docs"].line(old_row))
 
 
-class _MappedLines:
+class _Lines:
+    """A JSONL file of the previous index with its row offsets, read by byte ranges."""
+
     def __init__(self, path: Path, offsets: np.ndarray):
         self.offsets = offsets
-        with open(path, "rb") as handle:
-            size = int(offsets[-1])
-            self.data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        self._reader = RangeReader(path)  # opened now: readable even if a clean-up deletes the file
 
     def line(self, row: int) -> bytes:
-        return self.data[int(self.offsets[row]) : int(self.offsets[row + 1])]
+        return self._range(row, row)
+
+    def _range(self, first: int, last: int) -> bytes:
+        start = int(self.offsets[first])
+        return self._reader.read(start, int(self.offsets[last + 1]) - start)
 
     def merged(self, old_rows: np.ndarray, fresh: Iterator[bytes]) -> Iterator[bytes]:
         n = len(old_rows)
-        # Runs of new rows that were consecutive old rows: one slice each.
+        # Runs of new rows that were consecutive old rows: one read each.
         breaks = np.flatnonzero((old_rows[1:] != old_rows[:-1] + 1) | (old_rows[1:] < 0) | (old_rows[:-1] < 0)) + 1
         starts = np.concatenate([[0], breaks]).astype(np.int64) if n else np.zeros(0, dtype=np.int64)
         ends = np.concatenate([breaks, [n]]).astype(np.int64) if n else np.zeros(0, dtype=np.int64)
@@ -171,8 +174,7 @@ class _MappedLines:
                 for _ in range(end - start):
                     yield next(fresh)
             else:
-                last = int(old_rows[end - 1])
-                yield self.data[int(self.offsets[first]) : int(self.offsets[last + 1])]
+                yield self._range(first, int(old_rows[end - 1]))
 
 
 def _read_ivf(directory: Path) -> dict[str, np.ndarray] | None:

@@ -1,6 +1,7 @@
 """int8 vector codes: cosines close to float32 ones, and the same whichever way rows are read."""
 
 import numpy as np
+import pytest
 
 from kb.quantized import Int8Vectors, concat_ranges
 
@@ -64,3 +65,20 @@ def test_range_reads_equal_mapped_reads(tmp_path):
     assert np.array_equal(read.dot_ranges(q, starts, lengths), expected)
     assert np.array_equal(mapped.dot_ranges(q, starts, lengths), expected)
     assert read.dot_ranges(q, np.array([3]), np.array([0])).shape == (0,)
+
+
+def test_range_reader_reads_exactly_what_was_asked_or_fails(tmp_path, monkeypatch):
+    """A short pread (Linux caps one call near 2 GB) is continued; a file that ends early is an error."""
+    import os
+
+    from kb.quantized import RangeReader
+
+    path = tmp_path / "data.bin"
+    path.write_bytes(bytes(range(256)) * 4)
+    reader = RangeReader(path, offset=16)
+    real = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, at: real(fd, min(n, 100), at))  # at most 100 bytes a call
+    assert reader.read(4, 500) == (bytes(range(256)) * 4)[20:520]
+    with pytest.raises(OSError, match="ends before"):
+        reader.read(1000, 100)
+    reader.close()

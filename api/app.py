@@ -24,7 +24,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from kb import __version__
 from kb.errors import CaseFileError, ConflictError, DatabaseError, KbqError, NotFoundError, QueryError
 from kb.retriever import Filters as CoreFilters
-from kb.runtime import keep_freed_memory
 from kb.service import KnowledgeBase
 
 from . import schemas
@@ -66,7 +65,6 @@ def _kbq_status(err: KbqError) -> tuple[int, str]:
 
 def create_app(kb: KnowledgeBase | None = None) -> FastAPI:
     """The app over ``kb`` (default: the database named by KBQ_DB, or the per-user one)."""
-    keep_freed_memory()  # uvicorn's worker processes start here, not in the kbq command
     knowledge = kb or KnowledgeBase()
     token = os.environ.get("KBQ_API_TOKEN") or None
     app = FastAPI(

@@ -902,12 +902,14 @@ def main() -> None:
 
     if args.worker:
         name, payload = args.worker
-        # A worker stands for a kbq process: the same process set-up as the kbq command
-        # (one BLAS thread unless --blas-threads said otherwise; freed arrays kept in the heap).
+        # A worker stands for a kbq process: the same process set-up as the kbq command (one
+        # BLAS thread unless --blas-threads said otherwise), and freed arrays kept in the heap
+        # as kbq does once it loads a large index; the peers' workers get the same.
         sys.path.insert(0, str(ROOT))
-        from kb.runtime import configure_process
+        from kb.runtime import keep_freed_memory, prefer_one_blas_thread
 
-        configure_process()
+        prefer_one_blas_thread()
+        keep_freed_memory()
         result = WORKERS[name](json.loads(payload))
         print(RESULT_MARK + json.dumps(result), flush=True)
         return

@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List, Optional
 
-from kb.runtime import configure_process
+from kb.runtime import prefer_one_blas_thread
 
-configure_process()  # before anything imports numpy
+prefer_one_blas_thread()  # before anything imports numpy
 
 import click  # noqa: E402
 import typer  # noqa: E402

@@ -87,9 +87,9 @@ def build_postings(parts: Sequence[FieldCounts], lengths: np.ndarray, b: float, 
 
     Vectorised over all (term, case) pairs: a term's weight in a case is
     idf * tf' (k1 + 1) / (tf' + k1), where tf' is the count divided by the
-    case's length normalisation 1 - b + b * length / average length. Besides the
-    weights, each pair's count and each row's length are kept (``counts``,
-    ``lengths``): the next build reuses them for the cases that did not change."""
+    case's length normalisation 1 - b + b * length / average length. The pairs are
+    also laid out row by row (``fwd_*``), with their counts, and each row's length is
+    kept: the next build reuses those for the cases that did not change."""
     lengths = np.asarray(lengths, dtype=np.int32)
     n_docs = len(lengths)
     local_terms = [np.asarray(p.terms, dtype=str) for p in parts if len(p.terms)]
@@ -198,10 +198,9 @@ class LexicalIndex:
         terms = list(term_ids.items())
         starts = self.indptr[[i for _, i in terms]]
         lengths = self.indptr[[i + 1 for _, i in terms]] - starts
-        rows = np.concatenate([self.docs[s : s + n] for s, n in zip(starts.tolist(), lengths.tolist())])
-        weights = np.concatenate([self.weights[s : s + n] for s, n in zip(starts.tolist(), lengths.tolist())])
+        positions = concat_ranges(starts, lengths)
         qw = np.repeat(np.array([query_weights[t] for t, _ in terms]), lengths)
-        return np.bincount(rows, weights=weights * qw, minlength=self.n_docs)
+        return np.bincount(self.docs[positions], weights=self.weights[positions] * qw, minlength=self.n_docs)
 
     def within_budget(self, term_ids: dict[str, int], budget: int | None) -> tuple[dict[str, int], dict[str, int]]:
         """Split the query's terms into those read in full to find candidates (the rarest, up to

@@ -23,6 +23,11 @@ def prefer_one_blas_thread() -> None:
         os.environ.setdefault(name, "1")
 
 
+# From this many cases on, a query's per-case float64 score arrays pass glibc's default
+# 128 KB mmap threshold (see keep_freed_memory).
+MMAPPED_ARRAYS_FROM_CASES = (128 << 10) // 8
+
+
 def keep_freed_memory() -> None:
     """Let glibc reuse freed query-sized arrays instead of returning them to the kernel.
 
@@ -30,7 +35,9 @@ def keep_freed_memory() -> None:
     per-case score array of a query (800 KB at 100k cases) comes back as fresh pages the
     kernel must fault in and zero: ~6,000 page faults and ~12 ms of a 35 ms query at 100k
     cases (measured with getrusage). Blocks up to 32 MB now come from the heap, which keeps
-    up to 64 MB free. A no-op where glibc's mallopt is not available."""
+    up to 64 MB free. Called when an index of ``MMAPPED_ARRAYS_FROM_CASES`` or more cases
+    loads (a smaller base gains nothing, and importing ctypes costs a cold command ~2 ms).
+    A no-op where glibc's mallopt is not available."""
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -57,9 +64,3 @@ def settle_heap() -> None:
     import gc
 
     gc.freeze()
-
-
-def configure_process() -> None:
-    """What a kbq process (the CLI, the server, a bench mirroring them) sets at start."""
-    prefer_one_blas_thread()
-    keep_freed_memory()

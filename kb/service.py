@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import DatabaseError, NotFoundError
-from .runtime import settle_heap
+from .runtime import MMAPPED_ARRAYS_FROM_CASES, keep_freed_memory, settle_heap
 from .index import LoadedIndex, build_aside, earlier_indexes, index_key, key_name, load_index, remove_stale
 from .paths import bundled_cases_dir, user_cache_dir, user_data_dir
 from .querytext import validate_query
@@ -297,6 +297,8 @@ class KnowledgeBase:
                 remove_stale(self.index_parent, directory)
             self._index = index
             settle_heap()  # the index's tables are long-lived: keep them out of full GC passes
+            if len(index) >= MMAPPED_ARRAYS_FROM_CASES:
+                keep_freed_memory()
             return index
         finally:
             self._rebuild.release()

@@ -23,7 +23,6 @@ from kb.runtime import prefer_one_blas_thread
 
 prefer_one_blas_thread()  # before anything imports numpy
 
-import click  # noqa: E402
 import typer  # noqa: E402
 from typer.core import TyperGroup
 
@@ -32,25 +31,30 @@ from kb.errors import KbqError, QueryError
 from kb.querytext import MAX_QUERY_CHARS
 
 
+# Click's base error, from the click Typer runs on: Typer 0.28 carries its own copy of
+# click (typer._click), whose classes are not the installed click package's.
+_CLICK_ERRORS = tuple(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")
+
+
 class QueryByDefault(TyperGroup):
     """Treat ``kbq [OPTIONS] TEXT [OPTIONS]`` as ``kbq query ...``."""
 
     default_command = "query"
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
         if (args and self._needs_default(ctx, args)) or (not args and _stdin_is_piped()):
             # `cat issue.md | kbq` asks the query on standard input; a bare `kbq` at a terminal shows help.
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 
-    def _needs_default(self, ctx: click.Context, args: list[str]) -> bool:
+    def _needs_default(self, ctx, args: list[str]) -> bool:
         if args[0] in ("--help", "-h", "--version"):
             return False
         command = self.get_command(ctx, self.default_command)
         takes_value = {
             name
             for param in (command.params if command else [])
-            if isinstance(param, click.Option) and not param.is_flag
+            if param.param_type_name == "option" and not param.is_flag
             for name in param.opts
         }
         skip_next = False
@@ -129,7 +133,7 @@ def failures() -> Iterator[None]:
     except KbqError as err:
         typer.echo(f"kbq: error: {err}", err=True)
         raise typer.Exit(err.exit_code) from None
-    except (typer.Exit, typer.Abort, click.ClickException):
+    except (typer.Exit, typer.Abort, *_CLICK_ERRORS):
         raise
     except KeyboardInterrupt:
         typer.echo("kbq: interrupted", err=True)

@@ -33,7 +33,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .quantized import concat_ranges
+from .quantized import concat_ranges, sorted_unique
 
 ENTITY_GROUPS = ("model", "family", "framework", "accelerator")
 
@@ -223,7 +223,7 @@ class LexicalIndex:
     def row_terms(self, rows: np.ndarray, term_ids: Iterable[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The pairs of ``rows`` whose term is one of ``term_ids``, read from the rows' forward
         entries: (position of the row in ``rows``, term id, BM25 weight) per pair."""
-        wanted = np.unique(np.fromiter(term_ids, dtype=np.int64))
+        wanted = sorted_unique(np.fromiter(term_ids, dtype=np.int64))
         starts = np.asarray(self.fwd_indptr[rows], dtype=np.int64)
         lengths = np.asarray(self.fwd_indptr[rows + 1], dtype=np.int64) - starts
         positions = concat_ranges(starts, lengths)

@@ -76,6 +76,31 @@ def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(starts - firsts, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
 
 
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """The distinct values, sorted: ``np.unique`` without its first-call import of
+    ``numpy.ma`` (~7 ms of every cold query)."""
+    values = np.sort(np.asarray(values).ravel())
+    if len(values) < 2:
+        return values
+    keep = np.empty(len(values), dtype=bool)
+    keep[0] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    return values[keep]
+
+
+def sorted_union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return sorted_unique(np.concatenate([np.asarray(a).ravel(), np.asarray(b).ravel()]))
+
+
+def sorted_intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The values in both ``a`` and ``b``, sorted and distinct."""
+    a, b = sorted_unique(a), sorted_unique(b)
+    if not len(a) or not len(b):
+        return a[:0]
+    at = np.minimum(np.searchsorted(b, a), len(b) - 1)
+    return a[b[at] == a]
+
+
 class Int8Vectors:
     def __init__(self, codes: np.ndarray, scales: np.ndarray, reader: RangeReader | None = None):
         self.codes = np.asarray(codes)

@@ -20,6 +20,7 @@ traceback is present: a 16 KiB paste costs one to three milliseconds.
 
 from __future__ import annotations
 
+import functools
 import re
 
 # Up to this many characters, a query without line breaks is taken as typed.
@@ -129,17 +130,25 @@ def _trie_pattern(words: list[str]) -> str:
 
 _HEADING = _trie_pattern([h.strip() for h in _TEMPLATE_HEADINGS.split("|") if h.strip()])
 _HEADING_END = r"[ \t*_:：?？.。!！]*"
-_TEMPLATE_LINE = re.compile(
-    # '(?=(X*))\1' takes X* without giving anything back (an atomic group that Python 3.10
-    # also has), so a line of ten thousand spaces or '#' is rejected in one step.
-    r"^(?=([ \t]*))\1(?:"
-    r"[-*+][ \t]*\[[ xX✓✔]\][ \t].*"
-    r"|(?:```|~~~)[\w+\-.]*[ \t]*"
-    r"|[=\-_*~#]{3,}[ \t]*"
-    rf"|(?=([#>*_ \t]*))\2{_HEADING}{_HEADING_END}(?:\|[ \t*_]*{_HEADING}{_HEADING_END})*"
-    r")$\n?",
-    re.M | re.I,
-)
+
+
+@functools.cache
+def _template_line() -> re.Pattern[str]:
+    """Template headings, check boxes and fences, one line each. Compiled on first use
+    (~3 ms): only a multi-line paste needs it, not every short query's start-up."""
+    return re.compile(
+        # '(?=(X*))\1' takes X* without giving anything back (an atomic group that Python 3.10
+        # also has), so a line of ten thousand spaces or '#' is rejected in one step.
+        r"^(?=([ \t]*))\1(?:"
+        r"[-*+][ \t]*\[[ xX✓✔]\][ \t].*"
+        r"|(?:```|~~~)[\w+\-.]*[ \t]*"
+        r"|[=\-_*~#]{3,}[ \t]*"
+        rf"|(?=([#>*_ \t]*))\2{_HEADING}{_HEADING_END}(?:\|[ \t*_]*{_HEADING}{_HEADING_END})*"
+        r")$\n?",
+        re.M | re.I,
+    )
+
+
 _SPACE_RUNS = re.compile(r"  +")
 _BLANK_LINES = re.compile(r"\n[ ]*(?=\n)")
 _NEWLINE_RUNS = re.compile(r"\n\n+")
@@ -248,7 +257,7 @@ def clean_report(text: str) -> str:
     text = _BLANK_LINES.sub("", text.replace("\r\n", "\n").replace("\r", "\n").replace("\t", "    "))
     if _HAS_CLOCK.search(text) or any(hint in text for hint in _PREFIX_HINTS):
         text = _LINE_PREFIX.sub("", text)
-    text = _TEMPLATE_LINE.sub("", text)
+    text = _template_line().sub("", text)
     if "Traceback" in text or 'File "' in text or "frame #" in text:
         text = "\n".join(_drop_tracebacks(text.split("\n")))
     if "<" in text:

@@ -30,6 +30,7 @@ from .index import LoadedIndex
 from .lexical import concept_group
 from .lexicon import normalize
 from .parser import ParsedQuery
+from .quantized import sorted_intersection, sorted_union
 from .results import Hit, SearchOutcome, TextBreakdown
 from .similarity import FeatureScorer, combine
 
@@ -59,7 +60,7 @@ def allowed_rows(index: LoadedIndex, filters: Filters) -> np.ndarray | None:
     sets: list[np.ndarray] = []
     if filters.model:
         wanted = index.lexicon.resolve("model", filters.model) or normalize(filters.model).strip()
-        sets.append(np.union1d(index.facet_rows(f"model:{wanted}"), index.facet_rows(f"family:{wanted}")))
+        sets.append(sorted_union(index.facet_rows(f"model:{wanted}"), index.facet_rows(f"family:{wanted}")))
     if filters.framework:
         wanted = index.lexicon.resolve("framework", filters.framework) or normalize(filters.framework).strip()
         sets.append(index.facet_rows(f"framework:{wanted}"))
@@ -67,7 +68,7 @@ def allowed_rows(index: LoadedIndex, filters: Filters) -> np.ndarray | None:
         sets.append(index.facet_rows(f"tag:{normalize(filters.tag).strip()}"))
     rows = sets[0]
     for other in sets[1:]:
-        rows = np.intersect1d(rows, other)
+        rows = sorted_intersection(rows, other)
     return rows
 
 
@@ -176,8 +177,8 @@ def candidates(
         lex_rows = lex_rows[lex_pool[lex_rows] > 0]
         sem_rows, _ = ivf.search(query_vector, int(weights["semantic"]["nprobe"]), limit)
         if allowed is not None:
-            sem_rows = np.intersect1d(sem_rows, allowed)
-        pool = np.union1d(lex_rows, sem_rows).astype(np.int64)
+            sem_rows = sorted_intersection(sem_rows, allowed)
+        pool = sorted_union(lex_rows, sem_rows).astype(np.int64)
         sem_pool = index.vectors.dot(query_vector, pool)
         fused = lexical_w * lex[pool] + semantic_w * sem_pool
         keep = _top(fused, limit)

@@ -250,6 +250,12 @@ def test_explicit_query_command_equals_default(shared_home: Path) -> None:
     assert f"1. {GEMMA_CASE}" in ok(invoke("query", GEMMA_QUERY, home=shared_home))
 
 
+def test_option_value_named_like_a_command_stays_a_value(shared_home: Path) -> None:
+    # `--tag stats` is a filter whose value happens to be a command's name: still a query.
+    data = as_json(invoke("--tag", "stats", "--json", "gemma3 loss 70 zero3", home=shared_home))
+    assert data["results"] == []
+
+
 def test_top_k_limits_results(shared_home: Path) -> None:
     data = as_json(invoke("-k", "1", "--json", "loss plateau pretraining", home=shared_home))
     assert len(data["results"]) == 1

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kb.quantized import Int8Vectors, concat_ranges
+from kb.quantized import Int8Vectors, concat_ranges, sorted_intersection, sorted_union, sorted_unique
 
 
 def _unit(rng, n, dim):
@@ -82,3 +82,13 @@ def test_range_reader_reads_exactly_what_was_asked_or_fails(tmp_path, monkeypatc
     with pytest.raises(OSError, match="ends before"):
         reader.read(1000, 100)
     reader.close()
+
+
+def test_sorted_set_helpers_match_numpy():
+    rng = np.random.default_rng(3)
+    for size in (0, 1, 2, 50, 400):
+        a = rng.integers(0, 60, size)
+        b = rng.integers(0, 60, size // 2 + 1)
+        assert sorted_unique(a).tolist() == np.unique(a).tolist()
+        assert sorted_union(a, b).tolist() == np.union1d(a, b).tolist()
+        assert sorted_intersection(a, b).tolist() == np.intersect1d(a, b).tolist()

@@ -2,37 +2,51 @@
 
 Every error is JSON ``{"error": {"code", "message"}}``; ``kb`` errors map to
 4xx codes, and anything unexpected to a 500 with no internals in the body.
-Writes need ``Authorization: Bearer <KBQ_API_TOKEN>``; with no token set on
-the server, writes are refused (403), never open.
+No answer names where the database is (path, host, user): a database failure
+is a 503 whose details go to the server log.
+Case writes and feedback reads need ``Authorization: Bearer <KBQ_API_TOKEN>``;
+with no token set on the server, both are refused (403), never open.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
 import os
 import time
 import uuid
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kb import __version__
+from kb.db.engine import sqlite_path
 from kb.errors import CaseFileError, ConflictError, DatabaseError, KbqError, NotFoundError, QueryError
+from kb.querytext import first_control_character
 from kb.retriever import Filters as CoreFilters
 from kb.service import KnowledgeBase
 
 from . import schemas
+from .limits import BodyLimit, PlainQueryString
+from .limits import error_response as _error
 
 MODEL_NAME = "kbq"
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: more than any case or conversation needs
-ERRORS = {400: {"model": schemas.ErrorResponse}, 401: {"model": schemas.ErrorResponse}, 403: {"model": schemas.ErrorResponse},
-          404: {"model": schemas.ErrorResponse}, 409: {"model": schemas.ErrorResponse}, 413: {"model": schemas.ErrorResponse},
-          422: {"model": schemas.ErrorResponse}, 503: {"model": schemas.ErrorResponse}}
+log = logging.getLogger("kbq.api")
+
+
+def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": schemas.ErrorResponse} for status in statuses}
+
+
+# Any request may get these: the checks on the raw body and query string run before routing.
+TRANSPORT_ERRORS = _responses(400, 413, 422)
+ERRORS = _responses(400, 401, 403, 404, 409, 413, 422, 503)
 
 
 # One server-sent event of a streamed completion (before OpenAPI 3.2, an event stream's
@@ -45,10 +59,6 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers
-
-
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
 def _kbq_status(err: KbqError) -> tuple[int, str]:
@@ -71,19 +81,28 @@ def create_app(kb: KnowledgeBase | None = None) -> FastAPI:
         title="kbq",
         version=__version__,
         description="Case-based troubleshooting for LLM training runs: the closest documented incidents, "
-        "why they matched, and the fixes that worked.",
+        "why they matched, and the fixes that worked.\n\n"
+        "Chat sessions belong to whoever holds their id: the server issues an unguessable `session_id` on a "
+        "conversation's first turn and refuses (404) any id it did not issue or that has expired. Case writes "
+        "and feedback reads need `Authorization: Bearer <KBQ_API_TOKEN>` and are off (403) on a server without "
+        "a token. Bodies over 1 MiB get 413 however they are sent; query parameters must be UTF-8 (else 400), "
+        "and text must hold no binary control characters (else 422).",
     )
+    app.add_middleware(PlainQueryString)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     origins = [o.strip() for o in os.environ.get("KBQ_CORS_ORIGINS", "").split(",") if o.strip()]
-    if origins:  # off unless configured
+    if origins:  # off unless configured; added last so that it is outermost and its headers reach every answer
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "PUT"],
                            allow_headers=["Authorization", "Content-Type"])
+    dialect = knowledge.url.split(":", 1)[0].split("+", 1)[0]
+    # kb's messages name the database for the CLI's own user; to a client it is "the case base".
+    file = sqlite_path(knowledge.url)
+    locations = sorted({knowledge.describe(), knowledge.url, *([str(file)] if file else [])}, key=len, reverse=True)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return _error(413, "payload_too_large", f"request body is {length} bytes; the limit is {MAX_BODY_BYTES}")
-        return await call_next(request)
+    def unplaced(message: str) -> str:
+        for where in locations:
+            message = message.replace(where, "the case base")
+        return message
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, err: ApiError):
@@ -92,7 +111,10 @@ def create_app(kb: KnowledgeBase | None = None) -> FastAPI:
     @app.exception_handler(KbqError)
     async def kbq_error(_: Request, err: KbqError):
         status, code = _kbq_status(err)
-        return _error(status, code, str(err))
+        if isinstance(err, DatabaseError):  # its message names the file or the user, host and database
+            log.warning("database unavailable: %s", err)
+            return _error(status, code, "the database is unavailable; the server log has the details")
+        return _error(status, code, unplaced(str(err)))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError):
@@ -110,24 +132,32 @@ def create_app(kb: KnowledgeBase | None = None) -> FastAPI:
     async def unexpected(_: Request, err: Exception):
         return _error(500, "internal_error", f"internal error ({type(err).__name__}); see the server log")
 
-    def require_writer(authorization: Optional[str] = Header(None, description="Bearer <KBQ_API_TOKEN>")) -> None:
-        if token is None:
-            raise ApiError(403, "writes_disabled", "writes are disabled on this server: set KBQ_API_TOKEN to enable them")
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise ApiError(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required",
-                           {"WWW-Authenticate": "Bearer"})
+    def bearer_token(disabled_code: str, disabled_message: str) -> Callable[[Optional[str]], None]:
+        """A dependency that wants the token; with none configured, what it guards is off (403), not open."""
+        def require(authorization: Optional[str] = Header(None, description="Bearer <KBQ_API_TOKEN>")) -> None:
+            if token is None:
+                raise ApiError(403, disabled_code, disabled_message)
+            scheme, _, given = (authorization or "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+                raise ApiError(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required",
+                               {"WWW-Authenticate": "Bearer"})
+        return require
+
+    require_writer = bearer_token("writes_disabled", "writes are disabled on this server: set KBQ_API_TOKEN to enable them")
+    # Feedback holds what users asked and wrote, so reading it takes the same token as writing cases.
+    require_feedback_reader = bearer_token(
+        "feedback_reads_disabled", "reading feedback is disabled on this server: set KBQ_API_TOKEN to enable it")
 
     # -- health ------------------------------------------------------------------------
-    @app.get("/healthz", response_model=schemas.Health, tags=["health"])
+    @app.get("/healthz", response_model=schemas.Health, responses=TRANSPORT_ERRORS, tags=["health"])
     def healthz() -> dict[str, Any]:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
     @app.get("/readyz", response_model=schemas.Ready, responses=ERRORS, tags=["health"])
     def readyz() -> dict[str, Any]:
-        """Readiness: the database answers and the index is loaded."""
-        return {"status": "ready", **knowledge.readiness()}
+        """Readiness: the database answers and the index is loaded. Names the kind of database, not where it is."""
+        return {"status": "ready", **knowledge.readiness(), "database": dialect}
 
     # -- search ------------------------------------------------------------------------
     def _search(query: str, top_k: int, filters: schemas.Filters) -> dict[str, Any]:
@@ -173,6 +203,7 @@ def create_app(kb: KnowledgeBase | None = None) -> FastAPI:
               dependencies=[Depends(require_writer)])
     def create_case(case: dict[str, Any] = Body(..., description="a case, as in cases/*.yaml")) -> dict[str, Any]:
         """Add a case (the CBR *retain* step). Validated like `kbq ingest`; answers include it at once."""
+        _refuse_control_characters(case)
         stored, created = knowledge.put_case(case, create=True)
         return {"created": created, "case": stored}
 
@@ -181,6 +212,7 @@ def create_app(kb: KnowledgeBase | None = None) -> FastAPI:
              dependencies=[Depends(require_writer)])
     def revise_case(response: Response, case_id: str = CaseId, case: dict[str, Any] = Body(...)) -> dict[str, Any]:
         """Revise a case under its id (200), or add it if the id is new (201)."""
+        _refuse_control_characters(case)
         stored, created = knowledge.put_case(case, case_id=case_id)
         if created:
             response.status_code = 201
@@ -192,18 +224,25 @@ def create_app(kb: KnowledgeBase | None = None) -> FastAPI:
         """Record whether a case helped. Stored and listed (`kbq feedback`); not used in ranking."""
         return _feedback_json(knowledge.add_feedback(request.query, request.case_id, request.helpful, request.comment))
 
-    @app.get("/v1/feedback", response_model=list[schemas.FeedbackOut], responses=ERRORS, tags=["feedback"])
+    @app.get("/v1/feedback", response_model=list[schemas.FeedbackOut], responses=ERRORS, tags=["feedback"],
+             dependencies=[Depends(require_feedback_reader)])
     def list_feedback(limit: int = Query(50, ge=1, le=500),
                       case_id: Optional[str] = Query(None, max_length=120)) -> list[dict[str, Any]]:
+        """The newest feedback, newest first. It holds users' queries and comments, so it needs the
+        write token (401 without it; 403 when the server has none, as for writes)."""
         return [_feedback_json(f) for f in knowledge.feedback(limit=limit, case_id=case_id)]
 
     # -- chat --------------------------------------------------------------------------
     @app.post("/v1/chat", response_model=schemas.ChatResponse, responses=ERRORS, tags=["chat"])
     def chat(request: schemas.ChatRequest) -> dict[str, Any]:
-        """One turn of a conversation; send back `session_id` to continue it."""
+        """One turn of a conversation. Omit `session_id` to start one: the answer carries a new,
+        unguessable `session_id` issued by the server; send it back to continue, and keep it to
+        yourself, since whoever holds it holds the conversation. An id the server did not issue,
+        or whose session expired (by default a day after its last turn), is refused with 404
+        ("unknown or expired session") and touches no conversation: start a new one."""
         return knowledge.chat().handle(request.message, request.session_id).to_json()
 
-    @app.get("/v1/models", response_model=schemas.ModelList, tags=["openai"])
+    @app.get("/v1/models", response_model=schemas.ModelList, responses=TRANSPORT_ERRORS, tags=["openai"])
     def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": MODEL_NAME, "object": "model", "created": 0, "owned_by": "kbq"}]}
 
@@ -211,7 +250,8 @@ def create_app(kb: KnowledgeBase | None = None) -> FastAPI:
         **ERRORS, 200: {"description": "the completion; with `stream: true`, server-sent chunks ending in `data: [DONE]`",
                         "content": {"text/event-stream": {"schema": SSE_EVENT}}}})
     def chat_completions(request: schemas.ChatCompletionRequest):
-        """OpenAI-compatible chat: the conversation's user messages go to the chat backend."""
+        """OpenAI-compatible chat: the conversation's user messages go to the chat backend. Stateless:
+        the client sends the whole conversation each time, so no session is kept or shared."""
         if request.model != MODEL_NAME:
             raise ApiError(404, "model_not_found", f"model '{request.model}' does not exist; use '{MODEL_NAME}'")
         user_messages = [_text(m.content) for m in request.messages if m.role == "user"]
@@ -233,6 +273,14 @@ def create_app(kb: KnowledgeBase | None = None) -> FastAPI:
         }
 
     return app
+
+
+def _refuse_control_characters(case: Any) -> None:
+    """Checked before validation and storage, since SQLite would keep a NUL that PostgreSQL refuses."""
+    found = first_control_character(case)
+    if found is not None:
+        where, problem = found
+        raise CaseFileError(f"request body: field '{where}': {problem}")
 
 
 def _text(content: Any) -> str:

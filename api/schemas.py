@@ -6,13 +6,28 @@ must accept the extra parameters existing chat clients send.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
+
+from kb.chat import SESSION_ID
+from kb.querytext import control_character
 
 # 8 KiB of text: a pasted issue with its environment block; the CLI allows more for local use.
 MAX_API_QUERY = 8192
-SESSION_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+SESSION_PATTERN = SESSION_ID.pattern
+
+
+def _plain(text: str) -> str:
+    problem = control_character(text)
+    if problem is not None:
+        raise PydanticCustomError("control_character", problem)
+    return text
+
+
+# Free text the API stores or looks up: SQLite would keep a NUL that PostgreSQL refuses, so it is refused here.
+PlainText = Annotated[str, AfterValidator(_plain)]
 
 
 class Strict(BaseModel):
@@ -29,9 +44,9 @@ class ErrorResponse(BaseModel):
 
 
 class Filters(Strict):
-    model: Optional[str] = Field(None, max_length=100, description="model version (gemma-3) or family (qwen)")
-    framework: Optional[str] = Field(None, max_length=100)
-    tag: Optional[str] = Field(None, max_length=100)
+    model: Optional[PlainText] = Field(None, max_length=100, description="model version (gemma-3) or family (qwen)")
+    framework: Optional[PlainText] = Field(None, max_length=100)
+    tag: Optional[PlainText] = Field(None, max_length=100)
 
 
 class QueryRequest(Strict):
@@ -131,9 +146,9 @@ class CaseWritten(BaseModel):
 
 class FeedbackRequest(Strict):
     query: str = Field(..., min_length=1, max_length=MAX_API_QUERY)
-    case_id: str = Field(..., min_length=1, max_length=120)
+    case_id: PlainText = Field(..., min_length=1, max_length=120)
     helpful: bool
-    comment: Optional[str] = Field(None, max_length=4000)
+    comment: Optional[PlainText] = Field(None, max_length=4000, description="plain text: tabs and line breaks, no other control characters")
 
 
 class FeedbackOut(BaseModel):
@@ -146,7 +161,10 @@ class FeedbackOut(BaseModel):
 
 
 class ChatRequest(Strict):
-    session_id: Optional[str] = Field(None, pattern=SESSION_PATTERN, description="omit to start a conversation")
+    session_id: Optional[str] = Field(
+        None, pattern=SESSION_PATTERN,
+        description="omit to start a conversation; to continue it, the session_id the server issued in its answer "
+        "(an id it did not issue, or an expired one, gets 404)")
     message: str = Field(..., min_length=1, max_length=MAX_API_QUERY)
 
 
@@ -157,7 +175,7 @@ class Question(BaseModel):
 
 
 class ChatResponse(BaseModel):
-    session_id: str
+    session_id: str = Field(description="issued by the server, unguessable: send it back to continue, share it with no one")
     language: str
     reply: str = Field(description="Markdown, in the language of the message")
     cases: list[Result]
@@ -176,7 +194,7 @@ class Ready(BaseModel):
     status: Literal["ready"]
     cases: int
     index_version: str
-    database: str
+    database: str = Field(description="the kind of database (sqlite, postgresql), never where it is")
 
 
 class ChatMessage(BaseModel):

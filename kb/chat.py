@@ -8,20 +8,22 @@ weighted by score, which is the information the answer is expected to give.
 Wording, thresholds and phrases live in ``kb/data/chat.yaml``.
 
 Nothing here knows about HTTP; sessions are kept by whatever ``SessionStore``
-the caller passes (the database in the API).
+the caller passes (the database in the API). A session belongs to whoever holds
+its id, so only the engine makes ids, unguessable ones, on a conversation's first
+turn; an id it did not make, or whose session expired, is refused, never adopted.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import uuid
+import secrets
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol
 
-from .errors import QueryError
+from .errors import NotFoundError, QueryError
 from .index import LoadedIndex
 from .lexicon import has_cjk, normalize
 from .parser import parse
@@ -31,6 +33,16 @@ from .results import Hit, RecommendedFix, SearchOutcome
 from .retriever import search
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+SESSION_BYTES = 32  # 256 random bits
+# What new_session_id() makes (URL-safe base64, unpadded): anything else was never issued,
+# so it is refused without a look-up.
+ISSUED_SESSION_ID = re.compile(rf"^[A-Za-z0-9_-]{{{math.ceil(SESSION_BYTES * 4 / 3)}}}$")
+UNKNOWN_SESSION = "unknown or expired session: send the message without session_id to start a new conversation"
+
+
+def new_session_id() -> str:
+    """An id nobody can guess: holding it is the only claim on a conversation."""
+    return secrets.token_urlsafe(SESSION_BYTES)
 
 
 @lru_cache(maxsize=1)
@@ -95,7 +107,6 @@ class ChatTurn:
 class SessionStore(Protocol):
     def load(self, session_id: str) -> dict[str, Any] | None: ...
     def save(self, session_id: str, state: dict[str, Any], language: str) -> None: ...
-    def delete(self, session_id: str) -> None: ...
 
 
 def _matches_phrase(message: str, phrases: list[str]) -> bool:
@@ -243,16 +254,24 @@ class ChatEngine:
         self._embedder = embedder or (lambda index: None)  # index -> the query embedding function, or None
 
     def handle(self, message: str, session_id: str | None = None) -> ChatTurn:
+        """One turn: ``session_id`` None starts a conversation under a new id; any other must be one
+        this engine issued whose session has not expired, else NotFoundError."""
         settings = chat_settings()
         if session_id is not None and not SESSION_ID.match(session_id):
             raise QueryError("session_id must be 1-64 letters, digits or . _ : -")
-        session_id = session_id or uuid.uuid4().hex
         text = validate_query(message)
         language = "zh" if has_cjk(text) else "en"
+        if session_id is None:
+            session_id, stored = new_session_id(), None
+        else:
+            stored = self._sessions.load(session_id) if ISSUED_SESSION_ID.match(session_id) else None
+            if stored is None:
+                raise NotFoundError(UNKNOWN_SESSION)
         if _matches_phrase(text, settings["reset_phrases"]):
-            self._sessions.delete(session_id)
+            # Cleared, not deleted: the id stays its holder's for the next turn.
+            self._sessions.save(session_id, ChatState().to_json(), language)
             return ChatTurn(session_id, language, settings["text"][language]["reset"], None, None, reset=True)
-        state = ChatState.from_json(self._sessions.load(session_id))
+        state = ChatState.from_json(stored)
         index = self._index()
         state, outcome, question = respond(index, state, text, language, self._embedder(index))
         self._sessions.save(session_id, state.to_json(), language)

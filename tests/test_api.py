@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -264,6 +265,28 @@ def test_query_link_invalid_params_are_422(api: httpx.Client, params: dict[str, 
     _error_of(response)
 
 
+@pytest.mark.parametrize("path,query", [("/v1/query", "q=%FF%FE"), ("/v1/query", "q=loss&framework=%C3%28"),
+                                        ("/v1/cases", "tag=%80")])
+def test_query_string_that_is_not_utf8_is_400(api: httpx.Client, path: str, query: str) -> None:
+    """Refused as a POST body that is not UTF-8 is, instead of searching for replacement characters."""
+    response = api.get(f"{path}?{query}")
+    assert response.status_code == 400, response.text
+    message = _error_of(response)["message"]
+    name = query.rsplit("&", 1)[-1].split("=", 1)[0]
+    assert f"'{name}'" in message and "UTF-8" in message, message
+
+
+@pytest.mark.parametrize("path,params", [("/v1/feedback", {"case_id": "llamafactory\x00-7416"}),
+                                         ("/v1/cases", {"model": "gemma\x01"}),
+                                         ("/v1/query", {"q": GEMMA_QUERY, "tag": "x\x1f"})])
+def test_query_parameter_with_a_control_character_is_422(api: httpx.Client, server: Server, path: str,
+                                                         params: dict[str, str]) -> None:
+    response = api.get(path, params=params, headers=server.auth)
+    assert response.status_code == 422, response.text
+    message = _error_of(response)["message"]
+    assert f"'{list(params)[-1]}'" in message and "control character" in message, message
+
+
 @pytest.mark.parametrize("content", [b"{not json", b"", b"[1, 2", "\u00ff".encode("latin-1")])
 def test_malformed_json_is_a_json_4xx(api: httpx.Client, content: bytes) -> None:
     response = api.post("/v1/query", content=content, headers={"Content-Type": "application/json"})
@@ -275,6 +298,74 @@ def test_unknown_route_is_a_json_404(api: httpx.Client) -> None:
     response = api.get("/v1/no-such-thing")
     assert response.status_code == 404
     assert _error_of(response)["code"] == "not_found"
+
+
+def _location_words(db: str) -> list[str]:
+    """What an answer must not tell about where the database is: its file and directory, or the
+    user, host, database and schema named by its URL."""
+    if "://" not in db:
+        path = Path(db).resolve()
+        return [str(path), str(path.parent)]
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db)
+    options = str(url.query.get("options", ""))
+    schema = [options.split("search_path=", 1)[1]] if "search_path=" in options else []
+    return [word for word in (url.username, url.host, url.database, *schema) if word]
+
+
+def _revealed(body: str, words: list[str]) -> list[str]:
+    """The words found in ``body`` as whole words ("postgres" is not in "postgresql")."""
+    return [w for w in words if re.search(rf"(?<![A-Za-z0-9_]){re.escape(w)}(?![A-Za-z0-9_])", body)]
+
+
+def test_unauthenticated_answers_name_no_database_location(api: httpx.Client, server: Server) -> None:
+    words = _location_words(server.db)
+    answers = {
+        "readyz": api.get("/readyz"),
+        "unknown case": api.get("/v1/cases/no-such-case"),
+        "unknown route": api.get("/v1/no-such-thing"),
+        "feedback on an unknown case": api.post("/v1/feedback", json={"query": GEMMA_QUERY, "case_id": "no-such-case",
+                                                                      "helpful": True}),
+    }
+    assert [r.status_code for r in answers.values()] == [200, 404, 404, 404]
+    for name, response in answers.items():
+        assert not _revealed(response.text, words), (name, response.text)
+    assert answers["readyz"].json()["database"] in ("sqlite", "postgresql")
+    assert "no-such-case" in _error_of(answers["unknown case"])["message"]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_database_unavailable_is_503_naming_no_location(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """The details of a database failure go to the server log, not to whoever asked."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from kb.service import KnowledgeBase
+
+    if kind == "sqlite":
+        db = str(tmp_path / "kbq-secret-place-7f3a" / "kbq.db")  # in a directory that does not exist
+    else:
+        base = os.environ.get(PG_ENV)
+        if not base:
+            pytest.skip(f"{PG_ENV} not set: PostgreSQL tests skipped")
+        from sqlalchemy.engine import make_url
+
+        from kb.db.engine import normalize_url
+
+        db = make_url(normalize_url(base)).set(username="kbq_secret_user_7f3a", database="kbq_secret_db_7f3a",
+                                               host="127.0.0.1").render_as_string(hide_password=False)
+    monkeypatch.delenv("KBQ_DB", raising=False)
+    words = _location_words(db)
+    with TestClient(create_app(KnowledgeBase(db=db, home=tmp_path / "home"))) as client:
+        answers = [client.get("/readyz"), client.get("/v1/cases"), client.get(f"/v1/cases/{GEMMA_CASE}"),
+                   client.get("/v1/query", params={"q": GEMMA_QUERY}), client.post("/v1/chat", json={"message": GEMMA_QUERY})]
+    for response in answers:
+        assert response.status_code == 503, response.text
+        assert _error_of(response)["code"] == "database_unavailable"
+        assert not _revealed(response.text, words), response.text
+    assert _revealed(caplog.text, words)  # the server log has the details
 
 
 @pytest.mark.parametrize("method,path", [("DELETE", "/v1/query"), ("GET", "/v1/chat"), ("DELETE", "/v1/cases/x"),
@@ -290,6 +381,72 @@ def test_oversized_body_is_413(api: httpx.Client) -> None:
                         headers={"Content-Type": "application/json"})
     assert response.status_code == 413
     _error_of(response)
+
+
+BODY_CAP = 1 << 20  # the server's MAX_BODY_BYTES
+
+
+def _raw_chunked_post(port: int, path: str, chunks: list[bytes], *, finish: bool) -> tuple[int, dict[str, str], bytes]:
+    """POST ``chunks`` with Transfer-Encoding: chunked (no Content-Length) over a raw socket; the answer's
+    status, headers and body. Unless ``finish``, the body is left open: only a server that answers
+    without waiting for the rest can reply at all."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n".encode())
+        for chunk in chunks:
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        if finish:
+            sock.sendall(b"0\r\n\r\n")
+        received = b""
+        try:
+            while b"\r\n\r\n" not in received:
+                data = sock.recv(65536)
+                assert data, f"the server closed the connection without an answer: {received!r}"
+                received += data
+            head, _, body = received.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+            while len(body) < int(headers["content-length"]):
+                data = sock.recv(65536)
+                assert data, "the server closed the connection in the middle of its answer"
+                body += data
+        except TimeoutError:
+            pytest.fail(f"no answer from the server, which is still reading the body (received {received[:200]!r})")
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_chunked_body_over_the_cap_is_413_before_the_rest_is_read(server: Server) -> None:
+    """Without Content-Length the cap still holds: the server counts the bytes it reads and answers
+    413 as soon as they pass 1 MiB (before the token check), leaving the rest of the body unread."""
+    piece = b"a" * 65536
+    chunks = [b'{"title": "'] + [piece] * (BODY_CAP // len(piece) + 1)
+    status, headers, body = _raw_chunked_post(server.port, "/v1/cases", chunks, finish=False)
+    assert status == 413, body
+    assert headers["content-type"].startswith("application/json")
+    error = json.loads(body)["error"]
+    assert error["code"] == "payload_too_large" and str(BODY_CAP) in error["message"], error
+
+
+def test_chunked_body_under_the_cap_is_answered(server: Server) -> None:
+    body = json.dumps({"query": GEMMA_QUERY}).encode()
+    status, _, answer = _raw_chunked_post(server.port, "/v1/query", [body[:5], body[5:]], finish=True)
+    assert status == 200, answer
+    assert json.loads(answer)["results"][0]["id"] == GEMMA_CASE
+
+
+def test_every_operation_declares_the_errors_any_request_can_get() -> None:
+    """A body over the cap (413) and a query string that is not UTF-8 (400) or holds a control
+    character (422) are refused before routing, so every operation may answer them; the session
+    and token checks add 404, 401 and 403."""
+    from api.app import create_app
+    from kb.service import KnowledgeBase
+
+    document = create_app(KnowledgeBase(db=os.devnull)).openapi()
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            assert {"400", "413", "422"} <= set(operation["responses"]), (method, path, sorted(operation["responses"]))
+    assert {"401", "403"} <= set(document["paths"]["/v1/feedback"]["get"]["responses"])
+    assert "404" in document["paths"]["/v1/chat"]["post"]["responses"]
 
 
 # -- cases ----------------------------------------------------------------------------
@@ -420,6 +577,10 @@ def test_server_without_a_token_refuses_writes(tmp_path: Path, monkeypatch: pyte
             assert _error_of(posted)["code"] == "writes_disabled"
             assert client.put("/v1/cases/api-no-token", json=case, headers=headers).status_code == 403
         assert client.get("/v1/cases/api-no-token").status_code == 404
+        for headers in ({}, {"Authorization": "Bearer anything"}):  # feedback reads are refused like writes
+            listed = client.get("/v1/feedback", headers=headers)
+            assert listed.status_code == 403, listed.text
+            assert _error_of(listed)["code"] == "feedback_reads_disabled"
         assert client.post("/v1/query", json={"query": GEMMA_QUERY}).json()["results"][0]["id"] == GEMMA_CASE
 
 
@@ -506,6 +667,26 @@ def test_case_body_must_be_an_object(api: httpx.Client, server: Server, content:
     response = api.post("/v1/cases", content=content, headers={**server.auth, "Content-Type": "application/json"})
     assert response.status_code == 422, response.text
     _error_of(response)
+
+
+@pytest.mark.parametrize("method,change,field_path", [
+    ("post", lambda c: c.update(title="NUL\x00 in the title"), "title"),
+    ("put", lambda c: c.update(symptom="the step\x01 counter"), "symptom"),
+    ("post", lambda c: c["fixes"][0].update(action="lower\x1b the lr"), "fixes[0].action"),
+    ("put", lambda c: c["model"].update(name="Llama\x0b"), "model.name"),
+], ids=["nul-title", "soh-symptom", "esc-fix", "vt-model-name"])
+def test_case_with_a_control_character_is_422_naming_the_field(api: httpx.Client, server: Server, method: str, change,
+                                                               field_path: str) -> None:
+    """SQLite would store these and PostgreSQL refuse them: both are told no, the same way."""
+    case_id = f"api-control-{uuid.uuid4().hex[:8]}"
+    case = _new_case(api, case_id, _words())
+    change(case)
+    path = "/v1/cases" if method == "post" else f"/v1/cases/{case_id}"
+    response = api.request(method.upper(), path, json=case, headers=server.auth)
+    assert response.status_code == 422, response.text
+    message = _error_of(response)["message"]
+    assert f"'{field_path}'" in message and "control character" in message and "\n" not in message, message
+    assert api.get(f"/v1/cases/{case_id}").status_code == 404
 
 
 def test_reads_never_fail_during_writes(server: Server) -> None:
@@ -628,7 +809,7 @@ def test_feedback_is_stored_and_listed(api: httpx.Client, server: Server) -> Non
     unhelpful = api.post("/v1/feedback", json={"query": "zero3 hang", "case_id": GEMMA_CASE, "helpful": False})
     assert unhelpful.status_code == 201 and unhelpful.json()["comment"] is None
 
-    listed = api.get("/v1/feedback", params={"case_id": GEMMA_CASE}).json()
+    listed = api.get("/v1/feedback", params={"case_id": GEMMA_CASE}, headers=server.auth).json()
     assert [f["id"] for f in listed[:2]] == [unhelpful.json()["id"], stored["id"]]  # newest first
 
     cli = _kbq(server.env, "feedback", "--json", "--db", server.db)
@@ -639,12 +820,43 @@ def test_feedback_is_stored_and_listed(api: httpx.Client, server: Server) -> Non
     assert rows[unhelpful.json()["id"]]["helpful"] is False
 
 
-def test_feedback_on_an_unknown_case_is_404(api: httpx.Client) -> None:
-    before = len(api.get("/v1/feedback", params={"limit": 500}).json())
+def test_feedback_on_an_unknown_case_is_404(api: httpx.Client, server: Server) -> None:
+    before = len(api.get("/v1/feedback", params={"limit": 500}, headers=server.auth).json())
     response = api.post("/v1/feedback", json={"query": GEMMA_QUERY, "case_id": "no-such-case", "helpful": True})
     assert response.status_code == 404, response.text
     assert _error_of(response)["code"] == "not_found"
-    assert len(api.get("/v1/feedback", params={"limit": 500}).json()) == before
+    assert len(api.get("/v1/feedback", params={"limit": 500}, headers=server.auth).json()) == before
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-token"}, {"Authorization": "Basic dXNlcjpwYXNz"}],
+                         ids=["none", "wrong-token", "basic"])
+def test_feedback_list_needs_the_token(api: httpx.Client, server: Server, headers: dict[str, str]) -> None:
+    """Feedback holds what users asked and wrote: it is read with the write token, not by anyone."""
+    response = api.get("/v1/feedback", headers=headers)
+    assert response.status_code == 401, response.text
+    assert _error_of(response)["code"] == "unauthorized"
+    assert response.headers.get("www-authenticate") == "Bearer"
+    assert api.get("/v1/feedback", headers=server.auth).status_code == 200
+
+
+@pytest.mark.parametrize("field_name,text", [("comment", "it worked\x00 after all"), ("comment", "bell\x07"),
+                                             ("case_id", "llamafactory\x00-7416")], ids=["nul-comment", "bel-comment", "nul-case-id"])
+def test_feedback_with_a_control_character_is_422(api: httpx.Client, server: Server, field_name: str, text: str) -> None:
+    before = api.get("/v1/feedback", params={"limit": 500}, headers=server.auth).json()
+    body = {"query": GEMMA_QUERY, "case_id": GEMMA_CASE, "helpful": True, field_name: text}
+    response = api.post("/v1/feedback", json=body)
+    assert response.status_code == 422, response.text
+    message = _error_of(response)["message"]
+    assert message.startswith(field_name) and "control character" in message, message
+    assert api.get("/v1/feedback", params={"limit": 500}, headers=server.auth).json() == before
+
+
+def test_feedback_comment_keeps_tabs_and_line_breaks(api: httpx.Client) -> None:
+    comment = "first line\r\n\tindented second line\n"
+    response = api.post("/v1/feedback", json={"query": GEMMA_QUERY, "case_id": GEMMA_CASE, "helpful": True,
+                                              "comment": comment})
+    assert response.status_code == 201, response.text
+    assert response.json()["comment"] == comment
 
 
 @pytest.mark.parametrize("body", [
@@ -731,10 +943,9 @@ def test_chat_answer_by_option_number(api: httpx.Client) -> None:
 
 
 def test_chat_session_accumulates_across_requests(server: Server) -> None:
-    session_id = f"test-session-{uuid.uuid4().hex[:8]}"
     with httpx.Client(base_url=server.url, timeout=30) as one:
-        first = _chat(one, "my gemma 3 loss looks wrong, far too high", session_id)
-    assert first["session_id"] == session_id
+        first = _chat(one, "my gemma 3 loss looks wrong, far too high")
+    session_id = first["session_id"]
     assert "gemma-3" in json.dumps(first["features"])
     with httpx.Client(base_url=server.url, timeout=30) as other:  # a new connection: the state is in the database
         second = _chat(other, "llama-factory", session_id)
@@ -766,6 +977,59 @@ def test_chat_reset_starts_over(api: httpx.Client, vague: str, answer: str, rese
     assert again["reset"] is False
     assert again["question"] is not None  # the earlier answer is forgotten, so it asks again
     assert again["question"]["feature"] == first["question"]["feature"]
+
+
+def test_chat_session_ids_are_issued_by_the_server(api: httpx.Client) -> None:
+    """256 random bits in URL-safe base64: holding the id is what makes the conversation one's own."""
+    ids = [_chat(api, "my gemma 3 loss looks wrong, far too high")["session_id"] for _ in range(2)]
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{43}", session_id) for session_id in ids), ids
+    assert ids[0] != ids[1]
+
+
+@pytest.mark.parametrize("message", ["llama-factory", "start over"])
+@pytest.mark.parametrize("chosen", ["someone-elses-session", secrets.token_urlsafe(32)], ids=["chosen", "issued-format"])
+def test_chat_session_id_the_server_did_not_issue_is_404(server: Server, message: str, chosen: str) -> None:
+    """An id the server never gave out neither starts nor resets a conversation, so the owner's stays as it was."""
+    with httpx.Client(base_url=server.url, timeout=30) as owner:
+        first = _chat(owner, "my gemma 3 loss looks wrong, far too high")
+    with httpx.Client(base_url=server.url, timeout=30) as stranger:
+        for _ in range(2):  # the first refusal created nothing that the second could find
+            response = stranger.post("/v1/chat", json={"message": message, "session_id": chosen})
+            assert response.status_code == 404, response.text
+            assert "unknown or expired session" in _error_of(response)["message"]
+    with httpx.Client(base_url=server.url, timeout=30) as owner:
+        second = _chat(owner, "llama-factory", first["session_id"])
+    assert second["reset"] is False and "gemma-3" in json.dumps(second["features"])
+    assert second["cases"][0]["id"] == GEMMA_CASE
+
+
+def test_chat_expired_session_is_404(api: httpx.Client, server: Server) -> None:
+    from datetime import datetime, timezone
+
+    from sqlalchemy import text
+
+    from kb.db.engine import make_engine
+    from kb.service import KnowledgeBase
+
+    first = _chat(api, "my gemma 3 loss looks wrong, far too high")
+    engine = make_engine(KnowledgeBase(db=server.db, home=server.home).url)
+    try:
+        with engine.begin() as conn:
+            expired = conn.execute(text("UPDATE chat_sessions SET expires_at = :t WHERE id = :id"),
+                                   {"t": datetime(2000, 1, 1, tzinfo=timezone.utc), "id": first["session_id"]})
+            assert expired.rowcount == 1
+    finally:
+        engine.dispose()
+    response = api.post("/v1/chat", json={"message": "llama-factory", "session_id": first["session_id"]})
+    assert response.status_code == 404, response.text
+    assert "unknown or expired session" in _error_of(response)["message"]
+
+
+def test_chat_reset_as_the_first_message_gives_a_session_that_continues(api: httpx.Client) -> None:
+    cleared = _chat(api, "start over")
+    assert cleared["reset"] is True
+    again = _chat(api, "my gemma 3 loss looks wrong, far too high", cleared["session_id"])
+    assert again["session_id"] == cleared["session_id"] and again["question"] is not None
 
 
 @pytest.mark.parametrize("session_id", ["has spaces", "", "x" * 65, "semi;colon", "ünï"])

@@ -141,6 +141,21 @@ def test_feedback_validation(store: InteractionStore) -> None:
     assert store.list_feedback() == []
 
 
+def test_feedback_refuses_control_characters(store: InteractionStore) -> None:
+    """SQLite would keep a NUL that PostgreSQL refuses: both refuse it here, naming the field."""
+    with pytest.raises(ValueError, match=r"comment contains a binary control character \(0x00 at character 1\)"):
+        store.add_feedback("q", "case-a", True, "a\x00b")
+    with pytest.raises(ValueError, match="query contains a binary control character"):
+        store.add_feedback("q\x00", "case-a", True)
+    with pytest.raises(ValueError, match="case_id contains a binary control character"):
+        store.add_feedback("q", "case\x01a", True)
+    with pytest.raises(ValueError, match="case_id contains a binary control character"):
+        store.list_feedback(case_id="case-a\x00")
+    assert store.list_feedback() == []
+    store.add_feedback("q", "case-a", True, "line\r\n\tnext")  # tab and line breaks are text
+    assert [f.comment for f in store.list_feedback()] == ["line\r\n\tnext"]
+
+
 # -- chat sessions -----------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from kb.db._base import StoreBase, schema_version, utc
 from kb.db.schema import ChatSessionRow, FeedbackRow
+from kb.querytext import control_character
 
 CASE_ID_MAX = 120
 SESSION_ID_MAX = 64
@@ -67,6 +68,8 @@ class InteractionStore(StoreBase):
             raise TypeError("query must be a string and comment a string or None")
         if not isinstance(helpful, bool):
             raise TypeError("helpful must be True or False")
+        _check_plain("query", query)
+        _check_plain("comment", comment)
         now = datetime.now(timezone.utc)
         values = {"query": query, "case_id": case_id, "helpful": helpful, "comment": comment, "created_at": now}
         with self._write() as conn:
@@ -77,6 +80,7 @@ class InteractionStore(StoreBase):
         """The newest ``limit`` votes, newest first, optionally for one case."""
         if limit < 0:
             raise ValueError("limit must not be negative")
+        _check_plain("case_id", case_id)
         query = _feedback_select().order_by(FeedbackRow.created_at.desc(), FeedbackRow.id.desc()).limit(limit)
         if case_id is not None:
             query = query.where(FeedbackRow.case_id == case_id)
@@ -194,6 +198,14 @@ def _check_text(name: str, value: str, max_length: int) -> None:
         raise ValueError(f"{name} must be a non-empty string")
     if len(value) > max_length:
         raise ValueError(f"{name} is longer than {max_length} characters: {value[:20]!r}...")
+    _check_plain(name, value)
+
+
+def _check_plain(name: str, value: str | None) -> None:
+    """Binary control characters refused here, since SQLite would store a NUL PostgreSQL rejects."""
+    problem = None if value is None else control_character(value)
+    if problem is not None:
+        raise ValueError(f"{name} {problem}")
 
 
 def _now(now: datetime | None) -> datetime:

@@ -27,7 +27,7 @@ import typer  # noqa: E402
 from typer.core import TyperGroup
 
 from kb import __version__
-from kb.errors import KbqError, QueryError
+from kb.errors import KbqError, QueryError, UsageError
 from kb.querytext import MAX_QUERY_CHARS
 
 
@@ -461,10 +461,19 @@ def db_upgrade(revision: str = typer.Option("head", "--revision"), db: Optional[
 
 
 @db_app.command("downgrade")
-def db_downgrade(revision: str = typer.Argument(..., help="Target revision, e.g. base"), db: Optional[str] = DbOption) -> None:
-    """Downgrade the schema (``base`` drops every kbq table)."""
+def db_downgrade(
+    revision: str = typer.Argument(..., help="Target revision, e.g. base"),
+    yes: bool = typer.Option(False, "--yes", help="Confirm: a downgrade drops tables and the data in them."),
+    db: Optional[str] = DbOption,
+) -> None:
+    """Downgrade the schema (``base`` drops every kbq table). Asks for --yes."""
     with failures():
         kb = _kb(db)
+        if not yes:
+            raise UsageError(
+                f"a downgrade to {revision} drops kbq tables of {kb.describe()} with their data; "
+                "export the cases first (kbq export) and add --yes to go ahead"
+            )
         typer.echo(f"{kb.describe()}: schema at revision {kb.downgrade(revision) or 'base'}")
 
 

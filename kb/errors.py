@@ -18,6 +18,12 @@ class QueryError(KbqError):
     exit_code = 2
 
 
+class UsageError(KbqError):
+    """A command asked for something it needs confirmed or completed (exit 2, as usage errors)."""
+
+    exit_code = 2
+
+
 class CaseFileError(KbqError):
     """A case file cannot be read or does not validate."""
 

@@ -631,30 +631,78 @@ def load_index(directory: Path) -> LoadedIndex | None:
     return index if index.key.get("format") == INDEX_FORMAT else None
 
 
+BUILD_PREFIX = ".build-"
+_BUILD_LOCK = "building.lock"
+
+
 def build_aside(documents: Sequence[dict[str, Any]], key: dict[str, Any], final: Path, **kwargs) -> BuildReport:
     """Build into a temporary sibling of ``final`` and rename it into place (atomic on POSIX).
-    If another process already put a complete index there, that one is kept."""
+    If another process already put a complete index there, that one is kept.
+
+    The sibling holds a lock file, locked while the build runs: the kernel drops the lock
+    when the process dies, however it dies, which is how :func:`remove_stale` tells the
+    leftovers of a killed build from a build still running in another process."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
-    shutil.rmtree(tmp)
+    work = Path(tempfile.mkdtemp(prefix=BUILD_PREFIX, dir=final.parent))
     try:
-        report = build_index(documents, key, tmp, **kwargs)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "meta.json").exists():
-                raise
-        return report
+        with open(work / _BUILD_LOCK, "w") as lock:
+            _try_lock(lock)
+            tmp = work / "index"
+            report = build_index(documents, key, tmp, **kwargs)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not (final / "meta.json").exists():
+                    raise
+            return report
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _try_lock(handle: Any) -> bool:
+    """Take an exclusive lock on an open file without waiting; False when another process
+    holds it. Where there is no fcntl (Windows), always True."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _abandoned_build(entry: Path, now: float, grace_seconds: float) -> bool:
+    """Whether a build directory was left by a process that is gone: its lock is free. One
+    without a lock file (killed between creating the directory and the file, or written by
+    an older kbq) counts once it is ``grace_seconds`` old, as does any where there is no
+    fcntl."""
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:
+        return _older_than(entry, now, grace_seconds)
+    try:
+        with open(entry / _BUILD_LOCK, "r+") as lock:
+            return _try_lock(lock)
+    except FileNotFoundError:
+        return _older_than(entry, now, grace_seconds)
+    except OSError:
+        return False
+
+
+def _older_than(entry: Path, now: float, seconds: float) -> bool:
+    try:
+        return now - entry.stat().st_mtime > seconds
+    except OSError:
+        return False
 
 
 def remove_stale(parent: Path, keep: Path, build_grace_seconds: float = 3600.0) -> None:
-    """Delete the index directories of other keys, and leftovers of killed builds once they are
-    old enough not to be a build still running in another process. The other variant of the
-    same key (with or without the semantic stage) stays: both describe the current cases.
-    Processes that mapped a deleted index keep reading it (POSIX keeps unlinked files alive
-    while mapped)."""
+    """Delete the index directories of other keys, and what killed builds left behind. The
+    other variant of the same key (with or without the semantic stage) stays: both describe
+    the current cases. Processes that mapped a deleted index keep reading it (POSIX keeps
+    unlinked files alive while mapped)."""
     import time
 
     if not parent.is_dir():
@@ -662,13 +710,10 @@ def remove_stale(parent: Path, keep: Path, build_grace_seconds: float = 3600.0) 
     now = time.time()
     same_key = keep.name.split("-")[0]
     for entry in parent.iterdir():
-        if entry == keep or not entry.is_dir() or entry.name.split("-")[0] == same_key:
+        if entry == keep or not entry.is_dir():
             continue
-        if entry.name.startswith(".build-"):
-            try:
-                if now - entry.stat().st_mtime > build_grace_seconds:
-                    shutil.rmtree(entry, ignore_errors=True)
-            except OSError:
-                pass
-        elif (entry / "meta.json").exists():
+        if entry.name.startswith(BUILD_PREFIX):
+            if _abandoned_build(entry, now, build_grace_seconds):
+                shutil.rmtree(entry, ignore_errors=True)
+        elif entry.name.split("-")[0] != same_key and (entry / "meta.json").exists():
             shutil.rmtree(entry, ignore_errors=True)

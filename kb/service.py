@@ -77,10 +77,15 @@ class KnowledgeBase:
     every_field: bool = False  # index fields of zero weight too (weight fitting tries them)
 
     def __post_init__(self) -> None:
-        self.db = self.db or os.environ.get(DB_ENV) or None
+        if self.db is None:  # an empty KBQ_DB counts as unset; an empty --db is an error
+            self.db = os.environ.get(DB_ENV) or None
         self.is_default = self.db is None
         if self.db is None:
             self.url = f"sqlite:///{(self.home / DEFAULT_DB_NAME).resolve()}"
+            try:
+                self.home.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise DatabaseError(f"cannot create the kbq data directory {self.home}: {err.strerror}") from None
         elif "://" not in self.db:
             if not self.db.strip():
                 raise DatabaseError("empty database path: give a file path or a SQLAlchemy URL")

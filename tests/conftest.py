@@ -19,14 +19,26 @@ PG_ENV = "KBQ_TEST_DB_URL"
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One kbq cache (sentence-model copy, case embeddings) for the whole run, never the user's:
     the bundled cases are embedded once, not once per test home. Child processes inherit it."""
-    path = tmp_path_factory.mktemp("kbq-cache")
-    previous = os.environ.get("KBQ_CACHE_DIR")
-    os.environ["KBQ_CACHE_DIR"] = str(path)
+    yield from _set_for_session("KBQ_CACHE_DIR", tmp_path_factory.mktemp("kbq-cache"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A per-user kbq home (KBQ_HOME) for the whole run, so no test writes a database or an
+    index into the real user's data directory; tests that need their own use ``kbq_home``."""
+    yield from _set_for_session("KBQ_HOME", tmp_path_factory.mktemp("kbq-home-default"))
+
+
+def _set_for_session(name: str, path: Path) -> Iterator[Path]:
+    """Point environment variable ``name`` at ``path`` (child processes inherit it), then
+    restore it."""
+    previous = os.environ.get(name)
+    os.environ[name] = str(path)
     yield path
     if previous is None:
-        os.environ.pop("KBQ_CACHE_DIR", None)
+        os.environ.pop(name, None)
     else:
-        os.environ["KBQ_CACHE_DIR"] = previous
+        os.environ[name] = previous
 
 
 @pytest.fixture

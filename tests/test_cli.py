@@ -704,7 +704,10 @@ def test_db_upgrade_current_downgrade(tmp_path: Path, cases_dir: Path, kbq_home:
     assert "0 case(s)" in ok(invoke("list", "--db", str(db)))
     assert f"{N} added" in ok(invoke("ingest", str(cases_dir), "--db", str(db)))
 
-    assert ok(invoke("db", "downgrade", "base", "--db", str(db))).strip().endswith("schema at revision base")
+    line = one_error(invoke("db", "downgrade", "base", "--db", str(db)), code=2)
+    assert "--yes" in line and "drops" in line
+    assert f"{N} case(s)" in ok(invoke("list", "--db", str(db))), "a refused downgrade changes nothing"
+    assert ok(invoke("db", "downgrade", "base", "--yes", "--db", str(db))).strip().endswith("schema at revision base")
     assert "base (empty)" in ok(invoke("db", "current", "--db", str(db)))
     with closing(sqlite3.connect(db)) as conn:
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -722,7 +725,7 @@ def test_db_commands_on_each_backend(db_url: str, kbq_home: Path) -> None:
     assert "base (empty)" in ok(invoke("db", "current", "--db", db_url))
     assert "schema at revision 0002" in ok(invoke("db", "upgrade", "--db", db_url))
     assert "schema at revision 0002" in ok(invoke("db", "current", "--db", db_url))
-    assert "schema at revision base" in ok(invoke("db", "downgrade", "base", "--db", db_url))
+    assert "schema at revision base" in ok(invoke("db", "downgrade", "base", "--yes", "--db", db_url))
     assert "base (empty)" in ok(invoke("db", "current", "--db", db_url))
 
 
@@ -875,3 +878,31 @@ def test_subcommands_ignore_a_pipe(shared_home: Path) -> None:
     assert json.loads(shown.stdout)["id"] == GEMMA_CASE
     listed = kbq_process(shared_home, "list", "--json", stdin=b"this is not read")
     assert len(json.loads(listed.stdout)) == N
+
+
+# -- where the database is ------------------------------------------------------------
+
+
+def test_ingest_into_a_missing_directory_creates_nothing(tmp_path: Path, cases_dir: Path, kbq_home: Path) -> None:
+    target = tmp_path / "no" / "such" / "dir" / "kb.db"
+    line = one_error(invoke("ingest", str(cases_dir), "--db", str(target)))
+    assert "directory" in line and "does not exist" in line and str(target.parent) in line
+    assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("command", [["stats"], ["loss nan"], ["ingest"]])
+def test_empty_db_option_is_an_error_not_the_default(command: list[str], kbq_home: Path) -> None:
+    line = one_error(invoke(*command, "--db", "", home=kbq_home))
+    assert "empty database path" in line
+    assert not (kbq_home / "kbq.db").exists()
+
+
+def test_tests_never_write_to_the_real_user_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every test runs with a private KBQ_HOME (conftest), even one that opens a database by
+    path: its index directories land beside that home, not in ~/.local/share/kbq."""
+    from kb.paths import user_data_dir
+    from kb.service import KnowledgeBase
+
+    base = tmp_path_factory.getbasetemp().resolve()
+    assert base in user_data_dir().resolve().parents
+    assert base in KnowledgeBase(db=str(tmp_path_factory.mktemp("elsewhere") / "x.db")).index_parent.resolve().parents

@@ -122,6 +122,28 @@ def test_build_aside_leaves_one_complete_directory(tmp_path, documents):
     assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["key1"]
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="build locks need fcntl")
+def test_running_build_is_kept_and_killed_one_removed_at_once(tmp_path, documents):
+    """A build directory is removed as soon as no process holds its lock (its builder died),
+    however young; one whose lock is held (a build running elsewhere) stays, however old."""
+    import fcntl
+
+    from kb.index import BUILD_PREFIX
+
+    final = tmp_path / "idx" / "key1"
+    build_aside(documents[:5], index_key("x"), final)
+    running, killed = tmp_path / "idx" / f"{BUILD_PREFIX}running", tmp_path / "idx" / f"{BUILD_PREFIX}killed"
+    for entry in (running, killed):
+        entry.mkdir()
+        (entry / "building.lock").touch()
+    with open(running / "building.lock", "r+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        remove_stale(tmp_path / "idx", final, build_grace_seconds=0)
+        assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == [running.name, "key1"]
+    remove_stale(tmp_path / "idx", final)
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["key1"]
+
+
 def test_other_variant_of_the_same_key_is_kept(tmp_path, documents):
     """Switching KBQ_SEMANTIC on and off must not make each mode delete the other's index."""
     final = tmp_path / "idx" / "key1"

@@ -115,11 +115,10 @@ def make_engine(url: str, *, lock_timeout: float | None = None) -> Engine:
 
 def _sqlite_engine(url: str, timeout: float) -> Engine:
     path = sqlite_path(url)
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise DatabaseError(f"cannot create the directory of {path}: {err.strerror}") from None
+    if path is not None and not path.parent.is_dir():
+        # A mistyped --db must not leave a tree of new directories behind; kbq creates
+        # only its own per-user home (kb.service).
+        raise DatabaseError(f"cannot open database {path}: directory {path.parent} does not exist")
     engine = create_engine(url, connect_args={"timeout": timeout})
 
     @event.listens_for(engine, "connect")
@@ -128,6 +127,11 @@ def _sqlite_engine(url: str, timeout: float) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
+        if path is not None:
+            # Write-ahead log: readers never wait for a writer nor block its commit (many chat
+            # turns and queries beside an ingest), and a killed writer's frames are simply
+            # ignored by the next connection. Persistent in the file; a no-op once set.
+            cursor.execute("PRAGMA journal_mode=WAL")
         cursor.close()
 
     @event.listens_for(engine, "begin")

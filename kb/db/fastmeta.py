@@ -2,8 +2,14 @@
 
 The query path calls :func:`read_state` on every run to learn whether its
 persisted index is still current; importing SQLAlchemy would cost ~200 ms,
-so SQLite files are read with the stdlib ``sqlite3`` module, read-only.
-Only other databases fall back to :class:`kb.db.store.CaseStore`.
+so SQLite files are read with the stdlib ``sqlite3`` module. Only other
+databases fall back to :class:`kb.db.store.CaseStore`.
+
+The connection is opened read-write although it only reads: a writer killed
+inside its transaction leaves a hot journal (or uncommitted WAL frames), and
+SQLite rolls that back on the next connection, which a ``mode=ro`` connection
+cannot do ("attempt to write a readonly database" on every later query). A
+file the user may not write is still opened, read-only, by the same call.
 """
 
 from __future__ import annotations
@@ -57,7 +63,7 @@ def _sqlite_file(url: str) -> Path | None:
 def _read_sqlite(path: Path) -> DbState:
     timeout = resolve_lock_timeout()
     try:
-        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=timeout, isolation_level=None)
+        conn = sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True, timeout=timeout, isolation_level=None)
     except sqlite3.Error as err:
         raise DatabaseError(f"cannot open database file {path}: {one_line(err)}") from None
     try:

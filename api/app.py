@@ -76,7 +76,9 @@ def _kbq_status(err: KbqError) -> tuple[int, str]:
 def create_app(kb: KnowledgeBase | None = None) -> FastAPI:
     """The app over ``kb`` (default: the database named by KBQ_DB, or the per-user one)."""
     knowledge = kb or KnowledgeBase()
-    token = os.environ.get("KBQ_API_TOKEN") or None
+    # Surrounding white space is never part of a token (a secret file or `echo` adds a newline),
+    # and a header cannot carry it through, so a token kept with it could never match.
+    token = (os.environ.get("KBQ_API_TOKEN") or "").strip() or None
     app = FastAPI(
         title="kbq",
         version=__version__,

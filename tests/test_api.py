@@ -584,6 +584,21 @@ def test_server_without_a_token_refuses_writes(tmp_path: Path, monkeypatch: pyte
         assert client.post("/v1/query", json={"query": GEMMA_QUERY}).json()["results"][0]["id"] == GEMMA_CASE
 
 
+def test_configured_token_with_surrounding_white_space_still_matches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token read from a file or set with `echo` ends with a newline; the header never can."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from kb.service import KnowledgeBase
+
+    monkeypatch.setenv("KBQ_API_TOKEN", "  s3cret-token\n")
+    kb = KnowledgeBase(db=str(tmp_path / "kbq.db"), home=tmp_path / "home")
+    kb.ingest()
+    with TestClient(create_app(kb)) as client:
+        assert client.get("/v1/feedback", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+        assert client.get("/v1/feedback", headers={"Authorization": "Bearer s3cret"}).status_code == 401
+
+
 def test_create_query_conflict_revise(api: httpx.Client, server: Server) -> None:
     words = _words()
     case_id = f"api-new-{uuid.uuid4().hex[:8]}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from .errors import CaseFileError
 from .models import Case
@@ -108,18 +108,28 @@ def _known_fields(location: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def load_cases(paths: Iterable[Path], *, include_drafts: bool = True) -> list[LoadedCase]:
-    """Validate every file; duplicates of an id are an error naming both files."""
-    read = [(read_case(path), path) for path in discover(paths)]
+def iter_cases(paths: Iterable[Path]) -> Iterator[LoadedCase]:
+    """Read and validate the files one at a time, in :func:`discover` order.
+
+    Lazy so an ingest of 100k files holds one batch of cases, not all of them;
+    the caller writes inside one transaction, so the first bad file (raised
+    here, naming it) still leaves the database as it was. A duplicate id is an
+    error naming both files.
+    """
     seen: dict[str, Path] = {}
-    for case, path in read:
+    for path in discover(paths):
+        case = read_case(path)
         if case.id in seen:
             raise CaseFileError(f"{path}: field 'id': duplicate id '{case.id}' (also in {seen[case.id]})")
-        seen[case.id] = path
-    for case, path in read:
         if case.id != path.stem:
             raise CaseFileError(f"{path}: field 'id': '{case.id}' does not match the file name '{path.stem}'")
-    return [LoadedCase(case, path) for case, path in read if include_drafts or case.status == "reviewed"]
+        seen[case.id] = path
+        yield LoadedCase(case, path)
+
+
+def load_cases(paths: Iterable[Path], *, include_drafts: bool = True) -> list[LoadedCase]:
+    """Every file validated (see :func:`iter_cases`), drafts left out unless asked for."""
+    return [loaded for loaded in iter_cases(paths) if include_drafts or loaded.case.status == "reviewed"]
 
 
 def _prune_empty(value: Any) -> Any:

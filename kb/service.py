@@ -26,7 +26,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .errors import DatabaseError, NotFoundError
 from .runtime import MMAPPED_ARRAYS_FROM_CASES, keep_freed_memory, settle_heap
@@ -35,6 +35,9 @@ from .paths import bundled_cases_dir, user_cache_dir, user_data_dir
 from .querytext import validate_query
 from .results import SearchOutcome
 from .retriever import Filters, search
+
+if TYPE_CHECKING:
+    from .models import Case
 
 DB_ENV = "KBQ_DB"
 SEMANTIC_ENV = "KBQ_SEMANTIC"
@@ -227,30 +230,40 @@ class KnowledgeBase:
             )
 
     def ingest(self, paths: list[Path] | None = None, *, include_drafts: bool = False):
-        """Validate every file first, then upsert all of them in one transaction.
+        """Stream the case files into one transaction: read, validate and write a batch at a
+        time, so memory holds a batch rather than the whole base. The first bad file aborts
+        the transaction, leaving the database as it was (a missing schema is created in the
+        same transaction, so not even that stays behind).
 
         Returns the store's report and the ids of the drafts left out."""
-        from .casefiles import load_cases
+        from .casefiles import discover, iter_cases
         from .db.migrate import HEAD
 
         bundled = not paths
-        everything = load_cases(paths or [bundled_cases_dir()], include_drafts=True)
-        loaded = [item for item in everything if include_drafts or item.case.status == "reviewed"]
-        drafts = [item.case.id for item in everything if item.case.status == "draft" and not include_drafts]
+        files = discover(paths or [bundled_cases_dir()])  # a missing path fails before any write
         state = self._state()
-        if state is None or state.schema_version != HEAD:
-            if state is not None and state.schema_version is not None and not self.is_default:
-                raise DatabaseError(
-                    f"{self.describe()}: schema is at revision {state.schema_version}, kbq needs {HEAD}; run `kbq db upgrade --db {self.db}`"
-                )
-            self.upgrade()
+        upgrade = state is None or state.schema_version != HEAD
+        if upgrade and state is not None and state.schema_version is not None and not self.is_default:
+            raise DatabaseError(
+                f"{self.describe()}: schema is at revision {state.schema_version}, kbq needs {HEAD}; run `kbq db upgrade --db {self.db}`"
+            )
+        drafts: list[str] = []
+
+        def wanted() -> Iterator[Case]:
+            for loaded in iter_cases(files):
+                if include_drafts or loaded.case.status == "reviewed":
+                    yield loaded.case
+                else:
+                    drafts.append(loaded.case.id)
+
+        cases: Iterable[Case] = wanted()
         meta = {}
-        if bundled:
-            fingerprint = self.bundled_fingerprint()
-            ids = sorted(item.case.id for item in loaded)
-            meta = {BUNDLED_FINGERPRINT_KEY: fingerprint, BUNDLED_IDS_KEY: json.dumps(ids)}
+        if bundled:  # a few hundred files: the ids the meta records are needed before the write
+            cases = list(cases)
+            ids = sorted(case.id for case in cases)
+            meta = {BUNDLED_FINGERPRINT_KEY: self.bundled_fingerprint(), BUNDLED_IDS_KEY: json.dumps(ids)}
         with self._store() as store:
-            report = store.upsert([item.case for item in loaded], meta=meta)
+            report = store.upsert(cases, meta=meta, upgrade=upgrade)
         self._index = None
         return report, drafts
 

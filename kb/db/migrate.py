@@ -4,6 +4,13 @@ The configuration is built here rather than read from ``alembic.ini`` so it
 works from an installed wheel, where the migrations live in
 ``kb/_bundled/migrations``. Alembic and SQLAlchemy are imported inside the
 functions: the query path imports :data:`HEAD` only, to compare versions.
+
+On PostgreSQL every migration first takes a transaction-level advisory lock:
+two first runs against an empty database would otherwise both try to create
+the tables, and one fails on a duplicate key in ``pg_type``. With the lock the
+second waits, then finds the schema at head and has nothing to do. SQLite
+needs no lock: its write transactions (``BEGIN IMMEDIATE``) already exclude
+each other.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ if TYPE_CHECKING:
 
 # The newest migration; a test checks it against Alembic's script directory.
 HEAD = "0002"
+# Any fixed 64-bit number works; all kbq processes must use the same one.
+SCHEMA_LOCK_KEY = 0x6B62715F736368  # "kbq_sch"
 
 
 def upgrade(url: str, revision: str = "head") -> str | None:
@@ -26,6 +35,15 @@ def upgrade(url: str, revision: str = "head") -> str | None:
     from alembic import command
 
     return _run(url, lambda config: command.upgrade(config, revision))
+
+
+def upgrade_in(conn: Connection, revision: str = "head") -> str | None:
+    """Migrate inside the caller's open transaction (a first ingest creates the schema
+    and its cases in one commit); returns the new version."""
+    from alembic import command
+
+    return _migrate(conn, conn.engine.url.render_as_string(hide_password=False),
+                    lambda config: command.upgrade(config, revision))
 
 
 def downgrade(url: str, revision: str) -> str | None:
@@ -73,20 +91,30 @@ def _config(url: str, connection: Connection | None = None) -> Config:
 
 
 def _run(url: str, action: Callable[[Config], object]) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-    from alembic.util import CommandError
-
     from kb.db.engine import make_engine, normalize_url, translate_errors
-    from kb.errors import DatabaseError
 
     url = normalize_url(url)
     engine = make_engine(url)
     try:
-        with translate_errors(url):
-            with engine.begin() as conn:
-                action(_config(url, conn))
-                return MigrationContext.configure(conn).get_current_revision()
-    except CommandError as err:
-        raise DatabaseError(f"migration failed: {err}") from None
+        with translate_errors(url), engine.begin() as conn:
+            return _migrate(conn, url, action)
     finally:
         engine.dispose()
+
+
+def _migrate(conn: Connection, url: str, action: Callable[[Config], object]) -> str | None:
+    """Run ``action`` under the schema lock, on ``conn`` and in its transaction."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.util import CommandError
+    from sqlalchemy import text
+
+    from kb.errors import DatabaseError
+
+    if conn.dialect.name == "postgresql":
+        # Held until the transaction ends, so a waiting migration sees the finished schema.
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+    try:
+        action(_config(url, conn))
+    except CommandError as err:
+        raise DatabaseError(f"migration failed: {err}") from None
+    return MigrationContext.configure(conn).get_current_revision()

@@ -10,26 +10,31 @@ handling shared with other stores lives in :mod:`kb.db._base`.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from itertools import islice
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Select, Text, cast, delete, func, insert, inspect, select, update
+from sqlalchemy import Connection, Select, Text, bindparam, cast, delete, func, insert, inspect, select, update
 
 from kb.db._base import StoreBase, schema_version, utc
 from kb.db._common import no_schema_message
 from kb.db.engine import describe
 from kb.db.fastmeta import DbState
-from kb.db.migrate import HEAD
-from kb.db.schema import CaseRow, MetaRow
+from kb.db.migrate import HEAD, upgrade_in
+from kb.db.schema import CaseRow, MetaRow, cases_table
 from kb.errors import DatabaseError
 from kb.models import Case, document_hash
 from kb.stored import StoredJson
 
 REVISION_KEY = "revision"
+T = TypeVar("T")
 _CHUNK = 500  # ids per IN (...), well under every backend's parameter limit
+# Cases read, looked up and written per round: large enough that executemany, not
+# the per-statement overhead, sets the pace; small enough to keep memory flat.
+BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -70,12 +75,19 @@ class CaseStore(StoreBase):
 
     def upsert(
         self,
-        cases: Sequence[Case],
+        cases: Iterable[Case],
         *,
         remove_ids: Iterable[str] = (),
         meta: dict[str, str] | None = None,
+        upgrade: bool = False,
     ) -> IngestReport:
         """Insert, update and remove cases and set meta keys, all or nothing.
+
+        ``cases`` may be a generator: it is consumed ``BATCH`` cases at a time
+        inside the one write transaction, so memory holds a batch, not the
+        base; anything it raises (a bad case file) rolls everything back.
+        ``upgrade`` first brings the schema to head in the same transaction, so
+        a failed first ingest does not leave an empty schema behind.
 
         Timestamps given by a case win (so export then ingest reproduces the
         database exactly); otherwise a new case gets "now" and a changed one
@@ -83,23 +95,21 @@ class CaseStore(StoreBase):
         """
         if isinstance(remove_ids, str):
             raise TypeError("remove_ids must be a collection of ids, not one string")
-        ids = [case.id for case in cases]
         removals = list(dict.fromkeys(remove_ids))
-        if len(set(ids)) != len(ids):
-            raise ValueError("upsert got the same case id twice")
-        if set(ids) & set(removals):
-            raise ValueError("upsert cannot both write and remove the same case id")
         if meta and REVISION_KEY in meta:
             raise ValueError(f"meta key {REVISION_KEY!r} is managed by the store")
 
         report = IngestReport()
         now = datetime.now(timezone.utc)
-        with self._write() as conn:
-            existing = _existing(conn, ids + removals)
-            for case in cases:
-                _apply_case(conn, case, existing.get(case.id), now, report)
-            report.removed = [case_id for case_id in removals if case_id in existing]
-            for chunk in _chunks(report.removed):
+        written: set[str] = set()
+        removing = set(removals)
+        with self._write(upgrade=upgrade) as conn:
+            for batch in _chunks(cases, BATCH):
+                _check_ids(batch, written, removing)
+                _write_batch(conn, batch, now, report)
+            for chunk in _chunks(removals):
+                present = set(conn.scalars(select(CaseRow.id).where(CaseRow.id.in_(chunk))))
+                report.removed += [case_id for case_id in chunk if case_id in present]
                 conn.execute(delete(CaseRow).where(CaseRow.id.in_(chunk)))
             report.meta_updated = _set_meta(conn, meta or {})
             if report.changed:
@@ -171,9 +181,12 @@ class CaseStore(StoreBase):
     # -- transactions ------------------------------------------------------
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """A write transaction holding the writer lock, at the expected schema."""
+    def _write(self, *, upgrade: bool = False) -> Iterator[Connection]:
+        """A write transaction holding the writer lock, at the expected schema
+        (migrated to it first, in the same transaction, when ``upgrade``)."""
         with self._begin_write() as conn:
+            if upgrade:
+                upgrade_in(conn)
             locked = conn.execute(
                 select(MetaRow.key).where(MetaRow.key == REVISION_KEY).with_for_update()
             ).one_or_none()
@@ -199,6 +212,16 @@ def _set_meta(conn: Connection, values: dict[str, str]) -> list[str]:
     return changed
 
 
+def _check_ids(batch: list[Case], written: set[str], removals: set[str]) -> None:
+    """Refuse an id seen before or also being removed; remember the batch's ids."""
+    for case in batch:
+        if case.id in removals:
+            raise ValueError("upsert cannot both write and remove the same case id")
+        if case.id in written:
+            raise ValueError("upsert got the same case id twice")
+        written.add(case.id)
+
+
 def _existing(conn: Connection, ids: list[str]) -> dict[str, tuple[str, datetime, datetime]]:
     """content_hash, created_at, updated_at of the ids already stored."""
     found: dict[str, tuple[str, datetime, datetime]] = {}
@@ -209,35 +232,46 @@ def _existing(conn: Connection, ids: list[str]) -> dict[str, tuple[str, datetime
     return found
 
 
-def _apply_case(
-    conn: Connection,
-    case: Case,
-    old: tuple[str, datetime, datetime] | None,
-    now: datetime,
-    report: IngestReport,
-) -> None:
+def _write_batch(conn: Connection, batch: list[Case], now: datetime, report: IngestReport) -> None:
+    """One lookup of what is stored, then one executemany each for new and for changed rows."""
+    existing = _existing(conn, [case.id for case in batch])
+    new: list[dict[str, Any]] = []
+    changed: list[dict[str, Any]] = []
+    for case in batch:
+        old = existing.get(case.id)
+        row = _row(case, old, now)
+        if row is None:
+            report.unchanged.append(case.id)
+        elif old is None:
+            new.append(row)
+            report.added.append(case.id)
+        else:
+            # executemany SETs every key of the row: the id goes to the WHERE under its own name
+            row["row_id"] = row.pop("id")
+            changed.append(row)
+            report.updated.append(case.id)
+    if new:
+        conn.execute(insert(cases_table), new)
+    if changed:
+        conn.execute(update(cases_table).where(cases_table.c.id == bindparam("row_id")), changed)
+
+
+def _row(case: Case, old: tuple[str, datetime, datetime] | None, now: datetime) -> dict[str, Any] | None:
+    """The whole row to write for ``case`` given the stored hash and timestamps
+    (``old``, None for a new case); None when the row would not change."""
     given_created = utc(case.created_at) if case.created_at else None
     given_updated = utc(case.updated_at) if case.updated_at else None
     values = _columns(case)
     if old is None:
-        values.update(created_at=given_created or now, updated_at=given_updated or now)
-        conn.execute(insert(CaseRow).values(**values))
-        report.added.append(case.id)
-        return
+        return {**values, "created_at": given_created or now, "updated_at": given_updated or now}
     old_hash, old_created, old_updated = old
     if values["content_hash"] != old_hash:
-        values.update(created_at=given_created or old_created, updated_at=given_updated or now)
-    else:
-        values = {}
-        if given_created and given_created != old_created:
-            values["created_at"] = given_created
-        if given_updated and given_updated != old_updated:
-            values["updated_at"] = given_updated
-        if not values:
-            report.unchanged.append(case.id)
-            return
-    conn.execute(update(CaseRow).where(CaseRow.id == case.id).values(**values))
-    report.updated.append(case.id)
+        return {**values, "created_at": given_created or old_created, "updated_at": given_updated or now}
+    # Same content: only timestamps given in the case, and differing, are news.
+    times = (given_created or old_created, given_updated or old_updated)
+    if times == (old_created, old_updated):
+        return None
+    return {**values, "created_at": times[0], "updated_at": times[1]}
 
 
 def _columns(case: Case) -> dict[str, Any]:
@@ -271,6 +305,8 @@ def _stored(row: Any) -> StoredCase:
     )
 
 
-def _chunks(items: list[str]) -> Iterator[list[str]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
+def _chunks(items: Iterable[T], size: int = _CHUNK) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` items (the last may be shorter); reads lazily."""
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk

@@ -196,6 +196,11 @@ def create_app(kb: KnowledgeBase | None = None) -> FastAPI:
         return {"total": total, "limit": limit, "offset": offset, "items": items}
 
     CaseId = Path(..., min_length=1, max_length=120, pattern=r"^[A-Za-z0-9._-]+$")
+    # As in search engines: a write returns once committed; `wait_for` also waits until
+    # searches see it (the index refresh of a 10k-case base takes a few seconds).
+    RefreshParam = Query("false", pattern="^(false|wait_for)$",
+                         description="'false': answer once committed, searchable after the index refresh; "
+                                     "'wait_for': answer once searches see the write")
 
     @app.get("/v1/cases/{case_id}", response_model=dict[str, Any], responses=ERRORS, tags=["cases"])
     def get_case(case_id: str = CaseId) -> dict[str, Any]:
@@ -203,22 +208,26 @@ def create_app(kb: KnowledgeBase | None = None) -> FastAPI:
 
     @app.post("/v1/cases", response_model=schemas.CaseWritten, status_code=201, responses=ERRORS, tags=["cases"],
               dependencies=[Depends(require_writer)])
-    def create_case(case: dict[str, Any] = Body(..., description="a case, as in cases/*.yaml")) -> dict[str, Any]:
-        """Add a case (the CBR *retain* step). Validated like `kbq ingest`; answers include it at once."""
+    def create_case(case: dict[str, Any] = Body(..., description="a case, as in cases/*.yaml"),
+                    refresh: str = RefreshParam) -> dict[str, Any]:
+        """Add a case (the CBR *retain* step). Validated like `kbq ingest`. Answers once the case
+        is committed; searches find it when the index refresh this starts ends, or at once with
+        `refresh=wait_for`."""
         _refuse_control_characters(case)
-        stored, created = knowledge.put_case(case, create=True)
-        return {"created": created, "case": stored}
+        stored, created = knowledge.put_case(case, create=True, wait=refresh == "wait_for")
+        return {"created": created, "case": stored, "searchable": refresh == "wait_for"}
 
     @app.put("/v1/cases/{case_id}", response_model=schemas.CaseWritten, tags=["cases"],
              responses={**ERRORS, 201: {"model": schemas.CaseWritten, "description": "the id was new: the case was added"}},
              dependencies=[Depends(require_writer)])
-    def revise_case(response: Response, case_id: str = CaseId, case: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        """Revise a case under its id (200), or add it if the id is new (201)."""
+    def revise_case(response: Response, case_id: str = CaseId, case: dict[str, Any] = Body(...),
+                    refresh: str = RefreshParam) -> dict[str, Any]:
+        """Revise a case under its id (200), or add it if the id is new (201). Searchable as for POST."""
         _refuse_control_characters(case)
-        stored, created = knowledge.put_case(case, case_id=case_id)
+        stored, created = knowledge.put_case(case, case_id=case_id, wait=refresh == "wait_for")
         if created:
             response.status_code = 201
-        return {"created": created, "case": stored}
+        return {"created": created, "case": stored, "searchable": refresh == "wait_for"}
 
     # -- feedback ----------------------------------------------------------------------
     @app.post("/v1/feedback", response_model=schemas.FeedbackOut, status_code=201, responses=ERRORS, tags=["feedback"])

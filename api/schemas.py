@@ -142,6 +142,8 @@ class CasePage(BaseModel):
 class CaseWritten(BaseModel):
     created: bool
     case: dict[str, Any]
+    searchable: bool = Field(..., description="whether searches already find this version "
+                             "(always true with refresh=wait_for; otherwise once the index refresh ends)")
 
 
 class FeedbackRequest(Strict):
@@ -192,8 +194,10 @@ class Health(BaseModel):
 
 class Ready(BaseModel):
     status: Literal["ready"]
-    cases: int
+    cases: int = Field(description="cases the index holds (searchable now)")
     index_version: str
+    revision: Optional[str] = Field(description="the database's revision; it changes with every write")
+    index_current: bool = Field(description="false while the index refresh after a write is still running")
     database: str = Field(description="the kind of database (sqlite, postgresql), never where it is")
 
 

@@ -279,52 +279,87 @@ class KnowledgeBase:
     def index(self, *, wait: bool = False) -> LoadedIndex:
         """The current index, rebuilt first if the case base or the data files changed.
 
-        In a server, one thread rebuilds while the others keep answering from the
-        previous index; the new one is swapped in whole (a reference assignment).
-        ``wait=True`` (after a write) waits for that rebuild instead, so the caller
-        gets an index that includes its write.
+        With an index already loaded (a server), a newer revision never makes a request
+        wait for a build: if another process already built its index (kbq keeps them in
+        the per-user home) it is loaded, which takes milliseconds; otherwise one background
+        thread builds it while requests keep answering from the loaded index, a consistent
+        if slightly older view, and the new one is swapped in whole (a reference
+        assignment). Only a process with no index yet, or ``wait=True`` (a write asked to
+        be searchable on return), waits for a build.
         """
         state = self.ensure_ready()
         key = index_key(state.revision)
         current = self._index
         if current is not None and current.key == key:
             return current
-        if not self._rebuild.acquire(blocking=wait or current is None):
-            return current  # another thread is rebuilding: the old index is still a consistent answer
-        try:
-            if self._index is not None and self._index.key == key:
-                return self._index
-            directory = self.index_dir(key)
+        if current is not None and not wait:
+            if not self._rebuild.acquire(blocking=False):
+                return current  # a refresh is under way in this process
+            if (self.index_dir(key) / "meta.json").exists():
+                try:
+                    return self._load_or_build(key)
+                finally:
+                    self._rebuild.release()
+            self._refresh_in_background()
+            return current
+        with self._rebuild:
+            return self._load_or_build(key)
+
+    def _refresh_in_background(self) -> None:
+        """Bring the index to the newest revision in a thread of its own, which takes over
+        the ``_rebuild`` lock the caller holds and releases it when done."""
+
+        def refresh() -> None:
+            try:
+                self._load_or_build(index_key(self.ensure_ready().revision))
+            except Exception:  # noqa: BLE001 - the next request retries; this one must not die silently
+                import logging
+
+                logging.getLogger("kbq").exception("background index refresh failed")
+            finally:
+                self._rebuild.release()
+
+        import threading
+
+        threading.Thread(target=refresh, name="kbq-index-refresh", daemon=True).start()
+
+    def _load_or_build(self, key: dict[str, Any]) -> LoadedIndex:
+        """Load the index of ``key`` (another process may have built it) or build it aside,
+        reusing what earlier indexes hold; then make it the current one. Holds ``_rebuild``."""
+        if self._index is not None and self._index.key == key:
+            return self._index
+        directory = self.index_dir(key)
+        index = load_index(directory)
+        if index is None or index.key != key:
+            from .semantic import VectorCache
+
+            with self._store() as store:
+                documents = store.reviewed_json()
+            encoder = self.encoder()
+            from .bundled_vectors import seed_for
+
+            cache = VectorCache(self.cache / "vectors" / encoder.name, seed=seed_for(encoder.name)) if encoder is not None else None
+            earlier = [self._index.directory] if self._index is not None else []
+            earlier += [d for d in earlier_indexes(self.index_parent, directory) if d not in earlier]
+            build_aside(documents, key, directory, encoder=encoder, vector_cache=cache, every_field=self.every_field,
+                        previous=earlier)
             index = load_index(directory)
-            if index is None or index.key != key:
-                from .semantic import VectorCache
-
-                with self._store() as store:
-                    documents = store.reviewed_json()
-                encoder = self.encoder()
-                from .bundled_vectors import seed_for
-
-                cache = VectorCache(self.cache / "vectors" / encoder.name, seed=seed_for(encoder.name)) if encoder is not None else None
-                earlier = [self._index.directory] if self._index is not None else []
-                earlier += [d for d in earlier_indexes(self.index_parent, directory) if d not in earlier]
-                build_aside(documents, key, directory, encoder=encoder, vector_cache=cache, every_field=self.every_field,
-                            previous=earlier)
-                index = load_index(directory)
-                if index is None:
-                    raise DatabaseError(f"{directory}: the index was built but cannot be read back")
-                remove_stale(self.index_parent, directory)
-            self._index = index
-            settle_heap()  # the index's tables are long-lived: keep them out of full GC passes
-            if len(index) >= MMAPPED_ARRAYS_FROM_CASES:
-                keep_freed_memory()
-            return index
-        finally:
-            self._rebuild.release()
+            if index is None:
+                raise DatabaseError(f"{directory}: the index was built but cannot be read back")
+            remove_stale(self.index_parent, directory)
+        self._index = index
+        settle_heap()  # the index's tables are long-lived: keep them out of full GC passes
+        if len(index) >= MMAPPED_ARRAYS_FROM_CASES:
+            keep_freed_memory()
+        return index
 
     # -- the retain step and other server-side writes --------------------------------
-    def put_case(self, data: Any, *, case_id: str | None = None, create: bool = False) -> tuple[dict[str, Any], bool]:
-        """Validate one case exactly like ingest and write it in one transaction; the index is
-        rebuilt aside and swapped in before returning. Returns the stored case and whether it is new."""
+    def put_case(self, data: Any, *, case_id: str | None = None, create: bool = False,
+                 wait: bool = False) -> tuple[dict[str, Any], bool]:
+        """Validate one case exactly like ingest and write it in one transaction. Returns the
+        stored case and whether it is new, as soon as it is committed: searches see it once
+        the index refresh it starts has swapped in (see :meth:`index`), or on return with
+        ``wait=True``, which waits for that refresh."""
         from .casefiles import validate_document
         from .errors import CaseFileError, ConflictError
 
@@ -336,7 +371,8 @@ class KnowledgeBase:
             if create and store.get(case.id) is not None:
                 raise ConflictError(f"case '{case.id}' already exists; use PUT /v1/cases/{case.id} to revise it")
             report = store.upsert([case])
-        self.index(wait=True)  # another thread may be rebuilding from before this write
+        if wait or self._index is not None:
+            self.index(wait=wait)  # without wait this only starts the refresh; with no index yet, a search builds it
         return self.get(case.id), bool(report.added)
 
     def page(self, *, limit: int, offset: int, filters: Filters = Filters(), status: str | None = None) -> tuple[int, list[dict[str, Any]]]:
@@ -379,8 +415,11 @@ class KnowledgeBase:
         return ChatEngine(self.index, Sessions(), self._embedder)
 
     def readiness(self) -> dict[str, Any]:
+        """What the index holds, and the database revision it may lag behind (while a refresh runs)."""
         index = self.index()
-        return {"cases": len(index), "index_version": f"{index.key['revision']}:{index.key['data']}", "database": self.describe()}
+        revision = self.ensure_ready().revision
+        return {"cases": len(index), "index_version": f"{index.key['revision']}:{index.key['data']}",
+                "revision": revision, "index_current": index.key["revision"] == revision, "database": self.describe()}
 
     def search(self, query: str, k: int = 5, filters: Filters = Filters()) -> SearchOutcome:
         from .parser import parse

@@ -599,20 +599,23 @@ def test_configured_token_with_surrounding_white_space_still_matches(tmp_path: P
         assert client.get("/v1/feedback", headers={"Authorization": "Bearer s3cret"}).status_code == 401
 
 
+WAIT_FOR = {"refresh": "wait_for"}  # a write that answers once searches see it
+
+
 def test_create_query_conflict_revise(api: httpx.Client, server: Server) -> None:
     words = _words()
     case_id = f"api-new-{uuid.uuid4().hex[:8]}"
     case = _new_case(api, case_id, words)
-    before = api.get("/readyz").json()["cases"]
+    before = _total(server)  # stored cases: the index may still be refreshing after earlier writes
 
-    created = api.post("/v1/cases", json=case, headers=server.auth)
+    created = api.post("/v1/cases", json=case, headers=server.auth, params=WAIT_FOR)
     assert created.status_code == 201, created.text
     server.added.append(case_id)
     body = created.json()
-    assert body["created"] is True
+    assert body["created"] is True and body["searchable"] is True
     assert body["case"]["id"] == case_id and body["case"]["title"] == case["title"]
 
-    # answers include it at once
+    # with refresh=wait_for, answers include it on return
     found = api.post("/v1/query", json={"query": words})
     assert found.status_code == 200
     assert found.json()["results"][0]["id"] == case_id
@@ -624,7 +627,7 @@ def test_create_query_conflict_revise(api: httpx.Client, server: Server) -> None
     assert _error_of(again)["code"] == "conflict"
 
     revised = dict(case, title=f"Revised {words}: the step counter overflows")
-    put = api.put(f"/v1/cases/{case_id}", json=revised, headers=server.auth)
+    put = api.put(f"/v1/cases/{case_id}", json=revised, headers=server.auth, params=WAIT_FOR)
     assert put.status_code == 200, put.text
     assert put.json()["created"] is False
     assert put.json()["case"]["title"] == revised["title"]
@@ -632,6 +635,33 @@ def test_create_query_conflict_revise(api: httpx.Client, server: Server) -> None
     top = api.get("/v1/query", params={"q": words}).json()["results"][0]
     assert (top["id"], top["title"]) == (case_id, revised["title"])
     assert api.get("/readyz").json()["cases"] == before + 1
+
+
+def test_write_answers_once_committed_and_becomes_searchable(api: httpx.Client, server: Server) -> None:
+    """Without refresh=wait_for a write answers once committed (searchable: false); the index
+    refresh it starts then makes it searchable, with no further write or request needed."""
+    words = _words()
+    case_id = f"api-async-{uuid.uuid4().hex[:8]}"
+    response = api.post("/v1/cases", json=_new_case(api, case_id, words), headers=server.auth)
+    assert response.status_code == 201, response.text
+    server.added.append(case_id)
+    assert response.json()["searchable"] is False
+    assert api.get(f"/v1/cases/{case_id}").status_code == 200  # the case itself is there at once
+    deadline = time.monotonic() + 120  # a bound for a stuck refresh, not a speed target
+    top = None
+    while time.monotonic() < deadline:
+        top = api.post("/v1/query", json={"query": words}).json()["results"][0]["id"]
+        if top == case_id:
+            break
+        time.sleep(0.2)
+    assert top == case_id
+
+
+def test_refresh_parameter_is_validated(api: httpx.Client, server: Server) -> None:
+    case = _new_case(api, f"api-refresh-{uuid.uuid4().hex[:8]}", _words())
+    response = api.post("/v1/cases", json=case, headers=server.auth, params={"refresh": "sometime"})
+    assert response.status_code == 422, response.text
+    assert api.get(f"/v1/cases/{case['id']}").status_code == 404
 
 
 def test_put_creates_under_a_new_id(api: httpx.Client, server: Server) -> None:
@@ -665,7 +695,7 @@ def test_invalid_case_is_422_naming_the_field(api: httpx.Client, server: Server,
     case = _new_case(api, case_id, _words())
     broken(case)
     before = api.get("/v1/cases", params={"limit": 1}).json()["total"]
-    revision = api.get("/readyz").json()["index_version"]
+    revision = api.get("/readyz").json()["revision"]
 
     response = api.post("/v1/cases", json=case, headers=server.auth)
     assert response.status_code == 422, response.text
@@ -674,7 +704,7 @@ def test_invalid_case_is_422_naming_the_field(api: httpx.Client, server: Server,
 
     assert api.get(f"/v1/cases/{case_id}").status_code == 404
     assert api.get("/v1/cases", params={"limit": 1}).json()["total"] == before
-    assert api.get("/readyz").json()["index_version"] == revision
+    assert api.get("/readyz").json()["revision"] == revision
 
 
 @pytest.mark.parametrize("content", [b"[]", b'"a case"', b"{not json"])
@@ -738,11 +768,12 @@ def test_reads_never_fail_during_writes(server: Server) -> None:
         for _ in range(3):
             words = _words()
             case_id = f"api-concurrent-{uuid.uuid4().hex[:8]}"
-            response = writer.post("/v1/cases", json=_new_case(writer, case_id, words), headers=server.auth)
+            response = writer.post("/v1/cases", json=_new_case(writer, case_id, words), headers=server.auth,
+                                   params=WAIT_FOR)
             assert response.status_code == 201, response.text
             server.added.append(case_id)
             new.append((case_id, words))
-            # answers include it at once, even while other threads are reading (and maybe rebuilding)
+            # answers include it on return, even while other threads are reading (and maybe rebuilding)
             top = writer.post("/v1/query", json={"query": words}).json()["results"][0]["id"]
             immediate.append((case_id, top))
             time.sleep(0.2)
@@ -770,7 +801,8 @@ def test_concurrent_writers_each_see_their_write(server: Server) -> None:
             for _ in range(2):
                 words = _words()
                 case_id = f"api-writer{n}-{uuid.uuid4().hex[:8]}"
-                response = client.post("/v1/cases", json=_new_case(client, case_id, words), headers=server.auth)
+                response = client.post("/v1/cases", json=_new_case(client, case_id, words), headers=server.auth,
+                                       params=WAIT_FOR)
                 top = None
                 if response.status_code == 201:
                     hits = client.post("/v1/query", json={"query": words}).json()["results"]
@@ -790,8 +822,9 @@ def test_concurrent_writers_each_see_their_write(server: Server) -> None:
 
 
 def test_a_second_multi_worker_server_sees_the_writes(server: Server, tmp_path: Path) -> None:
-    """Two server processes (one of them with 2 workers) over one database: a write through one
-    is answered by the other at once, since each checks the database revision on every query."""
+    """Two server processes (one of them with 2 workers) over one database: a write through one,
+    made searchable there (refresh=wait_for), is answered by the other at once: each checks the
+    database revision on every query and loads the index the writer built."""
     proc, port = _start(server.env, server.db, tmp_path / "serve2.log", workers=2)
     try:
         other = f"http://127.0.0.1:{port}"
@@ -799,7 +832,8 @@ def test_a_second_multi_worker_server_sees_the_writes(server: Server, tmp_path: 
         case_id = f"api-other-{uuid.uuid4().hex[:8]}"
         with httpx.Client(base_url=other, timeout=30) as client:
             assert client.get("/readyz").json()["cases"] == server.bundled + len(server.added)
-            created = client.post("/v1/cases", json=_new_case(client, case_id, words), headers=server.auth)
+            created = client.post("/v1/cases", json=_new_case(client, case_id, words), headers=server.auth,
+                                  params=WAIT_FOR)
             assert created.status_code == 201, created.text
         server.added.append(case_id)
         for base in [server.url] + [other] * 6:  # fresh connections, spread over both workers

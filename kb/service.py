@@ -44,6 +44,12 @@ SEMANTIC_ENV = "KBQ_SEMANTIC"
 DEFAULT_DB_NAME = "kbq.db"
 BUNDLED_FINGERPRINT_KEY = "bundled_fingerprint"
 BUNDLED_IDS_KEY = "bundled_ids"
+BUNDLED_HASHES_KEY = "bundled_hashes"
+
+
+def _bundled_meta(hashes: dict[str, str]) -> dict[str, str]:
+    """The meta that records which bundled cases were loaded, and as what (content hashes)."""
+    return {BUNDLED_IDS_KEY: json.dumps(sorted(hashes)), BUNDLED_HASHES_KEY: json.dumps(hashes, sort_keys=True)}
 
 
 def bundled_fingerprint(directory: Path | None = None) -> str:
@@ -216,18 +222,34 @@ class KnowledgeBase:
         return CaseStore(self.url)
 
     def sync_bundled(self, fingerprint: str, meta: dict[str, str]):
-        """Mirror the bundled cases into the default database (cases dropped upstream go too)."""
+        """Mirror the bundled cases into the default database (cases dropped upstream go too),
+        except the ones changed through kbq since the bundled copy was loaded: an API revision
+        or an ingest of the user's own file outlives an upgrade of kbq. Those are kept, and a
+        notice names them. The hash of each bundled case as loaded is kept in the meta; a
+        database loaded before kbq kept it has none, so there every stored case that differs
+        from its bundled copy is kept (the safe side: `kbq ingest` with no paths takes the
+        bundled versions)."""
         from .casefiles import load_cases
+        from .models import document_hash
 
         cases = [loaded.case for loaded in load_cases([bundled_cases_dir()], include_drafts=False)]
-        ids = sorted(c.id for c in cases)
-        previous = set(json.loads(meta.get(BUNDLED_IDS_KEY, "[]")))
+        loaded: dict[str, str] = json.loads(meta.get(BUNDLED_HASHES_KEY, "{}"))
+        previous = set(loaded) | set(json.loads(meta.get(BUNDLED_IDS_KEY, "[]")))
+        hashes = {case.id: document_hash(case.to_document()) for case in cases}
+        def recorded(report) -> dict[str, str]:
+            # A kept case stays guarded by the hash it was loaded with (none: never loaded by us).
+            kept = {i: loaded.get(i, "") for i in report.kept}
+            return {BUNDLED_FINGERPRINT_KEY: fingerprint, **_bundled_meta({**hashes, **kept})}
+
         with self._store() as store:
-            return store.upsert(
-                cases,
-                remove_ids=sorted(previous - set(ids)),
-                meta={BUNDLED_FINGERPRINT_KEY: fingerprint, BUNDLED_IDS_KEY: json.dumps(ids)},
+            report = store.upsert(cases, remove_ids=sorted(previous - set(hashes)), meta=recorded, guard=loaded)
+        if report.kept:
+            shown = ", ".join(report.kept[:5]) + (f" and {len(report.kept) - 5} more" if len(report.kept) > 5 else "")
+            self.notices.append(
+                f"the bundled cases were updated; kept {len(report.kept)} case(s) changed through kbq since they "
+                f"were loaded: {shown} (`kbq ingest` with no paths replaces them with the bundled versions)"
             )
+        return report
 
     def ingest(self, paths: list[Path] | None = None, *, include_drafts: bool = False):
         """Stream the case files into one transaction: read, validate and write a batch at a
@@ -260,8 +282,10 @@ class KnowledgeBase:
         meta = {}
         if bundled:  # a few hundred files: the ids the meta records are needed before the write
             cases = list(cases)
-            ids = sorted(case.id for case in cases)
-            meta = {BUNDLED_FINGERPRINT_KEY: self.bundled_fingerprint(), BUNDLED_IDS_KEY: json.dumps(ids)}
+            from .models import document_hash
+
+            hashes = {case.id: document_hash(case.to_document()) for case in cases}
+            meta = {BUNDLED_FINGERPRINT_KEY: self.bundled_fingerprint(), **_bundled_meta(hashes)}
         with self._store() as store:
             report = store.upsert(cases, meta=meta, upgrade=upgrade)
         self._index = None

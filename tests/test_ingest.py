@@ -60,9 +60,9 @@ def record_batches(monkeypatch: pytest.MonkeyPatch, on_write: Callable[[list[Cas
     """Call ``on_write(batch)`` as the store is about to write each batch."""
     real = store_mod._write_batch
 
-    def recording(conn, batch, now, report) -> None:
+    def recording(conn, batch, *rest) -> None:
         on_write(batch)
-        real(conn, batch, now, report)
+        real(conn, batch, *rest)
 
     monkeypatch.setattr(store_mod, "_write_batch", recording)
 

@@ -10,7 +10,7 @@ handling shared with other stores lives in :mod:`kb.db._base`.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -60,6 +60,7 @@ class IngestReport:
     updated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # guarded writes left alone (see upsert)
     meta_updated: list[str] = field(default_factory=list)
     revision: str | None = None
 
@@ -78,8 +79,9 @@ class CaseStore(StoreBase):
         cases: Iterable[Case],
         *,
         remove_ids: Iterable[str] = (),
-        meta: dict[str, str] | None = None,
+        meta: dict[str, str] | Callable[[IngestReport], dict[str, str]] | None = None,
         upgrade: bool = False,
+        guard: Mapping[str, str] | None = None,
     ) -> IngestReport:
         """Insert, update and remove cases and set meta keys, all or nothing.
 
@@ -92,12 +94,16 @@ class CaseStore(StoreBase):
         Timestamps given by a case win (so export then ingest reproduces the
         database exactly); otherwise a new case gets "now" and a changed one
         gets a new ``updated_at``. ``revision`` changes iff anything changed.
+
+        ``guard`` (the refresh of the bundled cases) makes the writes conditional: a stored
+        case is replaced or removed only while its content hash is still the one ``guard``
+        gives for its id, i.e. what this writer put there itself. A case changed since by
+        anyone else (an API revision, an ingest of the user's own file) is left as it is
+        and listed in ``report.kept``; the check runs inside the write transaction.
         """
         if isinstance(remove_ids, str):
             raise TypeError("remove_ids must be a collection of ids, not one string")
         removals = list(dict.fromkeys(remove_ids))
-        if meta and REVISION_KEY in meta:
-            raise ValueError(f"meta key {REVISION_KEY!r} is managed by the store")
 
         report = IngestReport()
         now = datetime.now(timezone.utc)
@@ -106,12 +112,18 @@ class CaseStore(StoreBase):
         with self._write(upgrade=upgrade) as conn:
             for batch in _chunks(cases, BATCH):
                 _check_ids(batch, written, removing)
-                _write_batch(conn, batch, now, report)
+                _write_batch(conn, batch, now, report, guard)
             for chunk in _chunks(removals):
-                present = set(conn.scalars(select(CaseRow.id).where(CaseRow.id.in_(chunk))))
-                report.removed += [case_id for case_id in chunk if case_id in present]
-                conn.execute(delete(CaseRow).where(CaseRow.id.in_(chunk)))
-            report.meta_updated = _set_meta(conn, meta or {})
+                stored = dict(conn.execute(select(CaseRow.id, CaseRow.content_hash).where(CaseRow.id.in_(chunk))).all())
+                gone = [i for i in chunk if i in stored and (guard is None or guard.get(i) == stored[i])]
+                report.kept += [i for i in chunk if i in stored and i not in gone]
+                report.removed += gone
+                if gone:
+                    conn.execute(delete(CaseRow).where(CaseRow.id.in_(gone)))
+            values = meta(report) if callable(meta) else (meta or {})  # a callable sees what was kept
+            if REVISION_KEY in values:
+                raise ValueError(f"meta key {REVISION_KEY!r} is managed by the store")
+            report.meta_updated = _set_meta(conn, values)
             if report.changed:
                 report.revision = uuid.uuid4().hex
                 _set_meta(conn, {REVISION_KEY: report.revision})
@@ -232,7 +244,8 @@ def _existing(conn: Connection, ids: list[str]) -> dict[str, tuple[str, datetime
     return found
 
 
-def _write_batch(conn: Connection, batch: list[Case], now: datetime, report: IngestReport) -> None:
+def _write_batch(conn: Connection, batch: list[Case], now: datetime, report: IngestReport,
+                 guard: Mapping[str, str] | None = None) -> None:
     """One lookup of what is stored, then one executemany each for new and for changed rows."""
     existing = _existing(conn, [case.id for case in batch])
     new: list[dict[str, Any]] = []
@@ -242,6 +255,8 @@ def _write_batch(conn: Connection, batch: list[Case], now: datetime, report: Ing
         row = _row(case, old, now)
         if row is None:
             report.unchanged.append(case.id)
+        elif guard is not None and old is not None and guard.get(case.id) != old[0]:
+            report.kept.append(case.id)
         elif old is None:
             new.append(row)
             report.added.append(case.id)

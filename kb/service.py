@@ -173,10 +173,12 @@ class KnowledgeBase:
 
     def ensure_ready(self):
         """Make sure the database can answer; returns its state."""
-        from .db.migrate import HEAD
+        from .db.migrate import HEAD, REVISIONS, schema_problem
 
         state = self._state()
         if self.is_default:
+            if state is not None and state.schema_version not in (None, *REVISIONS):
+                raise DatabaseError(schema_problem(state.schema_version, self.describe(), ""))
             fingerprint = self.bundled_fingerprint()
             if state is None or state.schema_version != HEAD or state.meta.get(BUNDLED_FINGERPRINT_KEY) != fingerprint:
                 with self._init_lock():
@@ -191,10 +193,9 @@ class KnowledgeBase:
         where = self.describe()
         if state is None:
             raise DatabaseError(f"{where}: no such database; create it with `kbq ingest --db {self.db}`")
-        if state.schema_version is None:
-            raise DatabaseError(f"{where}: has no kbq schema; run `kbq db upgrade --db {self.db}` then `kbq ingest --db {self.db}`")
-        if state.schema_version != HEAD:
-            raise DatabaseError(f"{where}: schema is at revision {state.schema_version}, kbq needs {HEAD}; run `kbq db upgrade --db {self.db}`")
+        problem = schema_problem(state.schema_version, where, f" --db {self.db}")
+        if problem:
+            raise DatabaseError(problem)
         known = state.meta.get(BUNDLED_FINGERPRINT_KEY)
         if known and known != self.bundled_fingerprint():
             self.notices.append(f"the bundled cases changed since this database was loaded; refresh with `kbq ingest --db {self.db}`")
@@ -259,16 +260,17 @@ class KnowledgeBase:
 
         Returns the store's report and the ids of the drafts left out."""
         from .casefiles import discover, iter_cases
-        from .db.migrate import HEAD
+        from .db.migrate import HEAD, REVISIONS, schema_problem
 
         bundled = not paths
         files = discover(paths or [bundled_cases_dir()])  # a missing path fails before any write
         state = self._state()
         upgrade = state is None or state.schema_version != HEAD
-        if upgrade and state is not None and state.schema_version is not None and not self.is_default:
-            raise DatabaseError(
-                f"{self.describe()}: schema is at revision {state.schema_version}, kbq needs {HEAD}; run `kbq db upgrade --db {self.db}`"
-            )
+        if upgrade and state is not None and state.schema_version is not None:
+            # An empty database gets its schema in the ingest's transaction; an old one is
+            # upgraded only when asked (the default database is kbq's own to upgrade).
+            if not self.is_default or state.schema_version not in REVISIONS:
+                raise DatabaseError(schema_problem(state.schema_version, self.describe(), f" --db {self.db}" if self.db else ""))
         drafts: list[str] = []
 
         def wanted() -> Iterator[Case]:

@@ -47,6 +47,41 @@ def store(db_url: str):
 
 def test_head_matches_alembic_scripts() -> None:
     assert migrate.HEAD == migrate.script_head()
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(migrate._config("sqlite://"))
+    assert migrate.REVISIONS == tuple(reversed([script.revision for script in scripts.walk_revisions()]))
+
+
+def test_database_from_a_newer_kbq_says_to_upgrade_kbq(db_url: str, tmp_path: Path) -> None:
+    """`kbq db upgrade` cannot help a schema this kbq does not know; every door says so in one line."""
+    from kb.service import KnowledgeBase
+
+    migrate.upgrade(db_url)
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    engine.dispose()
+    kb = KnowledgeBase(db=db_url, home=tmp_path / "home")
+    for attempt in (lambda: kb.search("loss nan"), kb.upgrade, lambda: kb.ingest([tmp_path]), kb.stats):
+        with pytest.raises(DatabaseError, match=r"revision 0099, newer than this kbq .* upgrade kbq, not the database"):
+            attempt()
+    assert migrate.current(db_url) == "0099"
+
+
+def test_default_database_from_a_newer_kbq_is_left_alone(tmp_path: Path) -> None:
+    from kb.service import KnowledgeBase
+
+    kb = KnowledgeBase(home=tmp_path / "home")
+    kb.ensure_ready()
+    with sqlite3.connect(tmp_path / "home" / "kbq.db") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0099'")
+    conn.close()
+    with pytest.raises(DatabaseError, match="newer than this kbq"):
+        KnowledgeBase(home=tmp_path / "home").search("loss nan")
+    with pytest.raises(DatabaseError, match="newer than this kbq"):
+        KnowledgeBase(home=tmp_path / "home").ingest()
+    assert migrate.current(f"sqlite:///{tmp_path / 'home' / 'kbq.db'}") == "0099"
 
 
 def test_upgrade_downgrade_upgrade(db_url: str) -> None:

@@ -24,10 +24,27 @@ if TYPE_CHECKING:
     from alembic.config import Config
     from sqlalchemy import Connection
 
-# The newest migration; a test checks it against Alembic's script directory.
-HEAD = "0002"
+# Every migration this kbq carries, oldest first; a test checks them against Alembic's scripts.
+REVISIONS = ("0001", "0002")
+HEAD = REVISIONS[-1]
 # Any fixed 64-bit number works; all kbq processes must use the same one.
 SCHEMA_LOCK_KEY = 0x6B62715F736368  # "kbq_sch"
+
+
+def schema_problem(found: str | None, where: str, db_option: str) -> str | None:
+    """What is wrong with a database at schema revision ``found`` for this kbq, in one line
+    (None when it is at HEAD). A revision this kbq does not carry was written by a newer kbq:
+    `kbq db upgrade` cannot help there, so the message says to upgrade kbq instead."""
+    if found == HEAD:
+        return None
+    if found is None:
+        return f"{where}: has no kbq schema; run `kbq db upgrade{db_option}` then `kbq ingest{db_option}`"
+    if found not in REVISIONS:
+        from kb import __version__
+
+        return (f"{where}: schema is at revision {found}, newer than this kbq ({__version__}) knows "
+                f"(up to {HEAD}); it was written by a newer kbq: upgrade kbq, not the database")
+    return f"{where}: schema is at revision {found}, kbq needs {HEAD}; run `kbq db upgrade{db_option}`"
 
 
 def upgrade(url: str, revision: str = "head") -> str | None:
@@ -113,6 +130,11 @@ def _migrate(conn: Connection, url: str, action: Callable[[Config], object]) -> 
     if conn.dialect.name == "postgresql":
         # Held until the transaction ends, so a waiting migration sees the finished schema.
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+    found = MigrationContext.configure(conn).get_current_revision()
+    if found is not None and found not in REVISIONS:
+        from kb.db.engine import describe
+
+        raise DatabaseError(schema_problem(found, describe(url), ""))
     try:
         action(_config(url, conn))
     except CommandError as err:

@@ -387,16 +387,14 @@ class KnowledgeBase:
         the index refresh it starts has swapped in (see :meth:`index`), or on return with
         ``wait=True``, which waits for that refresh."""
         from .casefiles import validate_document
-        from .errors import CaseFileError, ConflictError
+        from .errors import CaseFileError
 
         case = validate_document(data, "request body")
         if case_id is not None and case.id != case_id:
             raise CaseFileError(f"request body: field 'id': '{case.id}' does not match the case id in the URL '{case_id}'")
         self.ensure_ready()
         with self._store() as store:
-            if create and store.get(case.id) is not None:
-                raise ConflictError(f"case '{case.id}' already exists; use PUT /v1/cases/{case.id} to revise it")
-            report = store.upsert([case])
+            report = store.upsert([case], new_only=create)
         if wait or self._index is not None:
             self.index(wait=wait)  # without wait this only starts the refresh; with no index yet, a search builds it
         return self.get(case.id), bool(report.added)

@@ -657,6 +657,28 @@ def test_write_answers_once_committed_and_becomes_searchable(api: httpx.Client, 
     assert top == case_id
 
 
+def test_concurrent_creations_of_one_id_give_one_201(server: Server) -> None:
+    """The existence check of POST /v1/cases runs inside the write transaction: of several
+    clients creating the same new id at once, one gets 201 and the others 409."""
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        case = _new_case(client, f"api-race-{uuid.uuid4().hex[:8]}", _words())
+    statuses: list[int] = []
+    start = threading.Barrier(4)
+
+    def create() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            start.wait()
+            statuses.append(client.post("/v1/cases", json=case, headers=server.auth).status_code)
+
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    server.added.append(case["id"])
+    assert sorted(statuses) == [201, 409, 409, 409], statuses
+
+
 def test_refresh_parameter_is_validated(api: httpx.Client, server: Server) -> None:
     case = _new_case(api, f"api-refresh-{uuid.uuid4().hex[:8]}", _words())
     response = api.post("/v1/cases", json=case, headers=server.auth, params={"refresh": "sometime"})

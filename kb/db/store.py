@@ -82,6 +82,7 @@ class CaseStore(StoreBase):
         meta: dict[str, str] | Callable[[IngestReport], dict[str, str]] | None = None,
         upgrade: bool = False,
         guard: Mapping[str, str] | None = None,
+        new_only: bool = False,
     ) -> IngestReport:
         """Insert, update and remove cases and set meta keys, all or nothing.
 
@@ -100,6 +101,8 @@ class CaseStore(StoreBase):
         gives for its id, i.e. what this writer put there itself. A case changed since by
         anyone else (an API revision, an ingest of the user's own file) is left as it is
         and listed in ``report.kept``; the check runs inside the write transaction.
+        ``new_only`` (POST /v1/cases) refuses, with ConflictError, any id already stored,
+        checked in the same transaction so two concurrent creations cannot both succeed.
         """
         if isinstance(remove_ids, str):
             raise TypeError("remove_ids must be a collection of ids, not one string")
@@ -112,6 +115,8 @@ class CaseStore(StoreBase):
         with self._write(upgrade=upgrade) as conn:
             for batch in _chunks(cases, BATCH):
                 _check_ids(batch, written, removing)
+                if new_only:
+                    _refuse_existing(conn, batch)
                 _write_batch(conn, batch, now, report, guard)
             for chunk in _chunks(removals):
                 stored = dict(conn.execute(select(CaseRow.id, CaseRow.content_hash).where(CaseRow.id.in_(chunk))).all())
@@ -242,6 +247,14 @@ def _existing(conn: Connection, ids: list[str]) -> dict[str, tuple[str, datetime
         for case_id, digest, created, updated in conn.execute(select(*columns).where(CaseRow.id.in_(chunk))):
             found[case_id] = (digest, utc(created), utc(updated))
     return found
+
+
+def _refuse_existing(conn: Connection, batch: list[Case]) -> None:
+    from kb.errors import ConflictError
+
+    taken = sorted(_existing(conn, [case.id for case in batch]))
+    if taken:
+        raise ConflictError(f"case '{taken[0]}' already exists; use PUT /v1/cases/{taken[0]} to revise it")
 
 
 def _write_batch(conn: Connection, batch: list[Case], now: datetime, report: IngestReport,

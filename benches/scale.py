@@ -56,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -642,31 +643,68 @@ class Runner:
             self.env.update(OPENBLAS_NUM_THREADS=str(blas_threads), OMP_NUM_THREADS=str(blas_threads), MKL_NUM_THREADS=str(blas_threads))
 
     def worker(self, name: str, args: dict[str, Any], timeout: float, semantic: bool | None = None) -> dict[str, Any]:
-        env = dict(self.env)
-        if semantic is not None:
-            env["KBQ_SEMANTIC"] = "1" if semantic else "0"
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--worker", name, json.dumps(args)], env=env,
-                              capture_output=True, text=True, timeout=timeout)
-        wall = time.perf_counter() - start
-        lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
-        if proc.returncode != 0 or not lines:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-            raise RuntimeError(f"worker {name} failed (exit {proc.returncode}): " + " | ".join(tail))
+        """What worker ``name`` printed, plus the wall time and peak RSS of its process."""
+        measured = self.measure([sys.executable, __file__, "--worker", name, json.dumps(args)], timeout, semantic)
+        lines = [line for line in measured.stdout.splitlines() if line.startswith(RESULT_MARK)]
+        if not lines:
+            raise RuntimeError(f"worker {name} printed no result: " + " | ".join(measured.stderr.strip().splitlines()[-5:]))
         result = json.loads(lines[-1][len(RESULT_MARK):])
-        result["process_seconds"] = wall
+        result.update(process_seconds=measured.seconds, peak_rss_mb=measured.peak_rss_mb)
         return result
 
     def command(self, cmd: list[str], timeout: float, semantic: bool | None = None) -> tuple[float, str]:
+        measured = self.measure(cmd, timeout, semantic)
+        return measured.seconds, measured.stdout
+
+    def measure(self, cmd: list[str], timeout: float, semantic: bool | None = None) -> Measured:
+        """Wall time and peak RSS of ``cmd`` in its own process; RuntimeError if it fails."""
         env = dict(self.env)
         if semantic is not None:
             env["KBQ_SEMANTIC"] = "1" if semantic else "0"
+        measured = measure_process(cmd, env, timeout)
+        if measured.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd[:3])}... failed (exit {measured.returncode}): {measured.stderr.strip()[-400:]}")
+        return measured
+
+
+@dataclass(frozen=True)
+class Measured:
+    seconds: float
+    peak_rss_mb: float
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def measure_process(cmd: list[str], env: dict[str, str], timeout: float) -> Measured:
+    """Run ``cmd``; its wall time and its own peak RSS. wait4 gives the rusage of this one
+    child (RUSAGE_CHILDREN would be the largest of every child waited for so far)."""
+    import threading
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-        wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd[:3])}... failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}")
-        return wall, proc.stdout
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err)
+        timed_out = threading.Event()
+
+        def kill() -> None:
+            timed_out.set()
+            proc.kill()
+
+        killer = threading.Timer(timeout, kill)
+        killer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            killer.cancel()
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+        if timed_out.is_set():
+            raise subprocess.TimeoutExpired(cmd, timeout)
+        out.seek(0)
+        err.seek(0)
+        # ru_maxrss is in KiB on Linux
+        return Measured(seconds, usage.ru_maxrss / 1024, proc.returncode,
+                        out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace"))
 
 
 def kbq_command() -> list[str]:
@@ -724,11 +762,11 @@ def run_size(n: int, vocab: Vocabulary, vocab_docs: list[dict[str, Any]], args, 
     del docs
 
     log(f"n={n}: kbq ingest")
-    ingested = step(out, "ingest", runner.command, [*kbq, "ingest", str(cases_dir), "--db", str(db)], t_lex)
+    ingested = step(out, "ingest", runner.measure, [*kbq, "ingest", str(cases_dir), "--db", str(db)], t_lex)
     if ingested is not None:
-        out["ingest"] = {"seconds": ingested[0], "message": ingested[1].strip()}
-        if f"{n} added" not in ingested[1]:
-            out.setdefault("errors", {})["ingest-count"] = f"expected {n} added, got: {ingested[1].strip()}"
+        out["ingest"] = {"seconds": ingested.seconds, "peak_rss_mb": ingested.peak_rss_mb, "message": ingested.stdout.strip()}
+        if f"{n} added" not in ingested.stdout:
+            out.setdefault("errors", {})["ingest-count"] = f"expected {n} added, got: {ingested.stdout.strip()}"
     out["db_bytes"] = dir_bytes(db)
 
     log(f"n={n}: lexical index build")
@@ -850,6 +888,7 @@ def table(results: list[dict[str, Any]]) -> str:
     add("1-min load average, start / end", lambda r: f"{_s(r.get('load_start'))} / {_s(r.get('load_end'))}")
     add("texts to embed (distinct)", lambda r: f"{r['texts']} ({r['distinct_texts']})")
     add("kbq ingest DIR --db X, s (process)", lambda r: _s(_get(r, "ingest", "seconds")))
+    add("  its peak RSS, MB", lambda r: _s(_get(r, "ingest", "peak_rss_mb"), 0))
     add("index build, lexical only, s", lambda r: _s(_get(r, "lexical_build", "seconds")))
     add("index build, full, s", lambda r: _s(_get(r, "full_build", "seconds")) if r["semantic"] else "skipped")
     add("  of which embedding, s", per_text)

@@ -71,9 +71,11 @@ def _pg_schema_url(base: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))
         url = make_url(normalize_url(base)).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield url.render_as_string(hide_password=False)
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        try:
+            yield url.render_as_string(hide_password=False)
+        finally:  # also when a test drives this as a context manager and fails inside it
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
     finally:
         admin.dispose()
 

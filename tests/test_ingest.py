@@ -235,14 +235,7 @@ def empty_database(kind: str, tmp_path: Path, round_: int) -> Iterator[str]:
         yield url
 
 
-# SQLite in WAL mode can answer SQLITE_BUSY without waiting while another connection
-# closes or recovers the log; the engine's connect-time PRAGMA journal_mode=WAL then fails
-# with "database is locked" now and then (seen in about one round in 20 with 20 cases).
-# Not an ingest matter: enable the case once the engine copes with that.
-SQLITE_WAL_BUSY = pytest.mark.skip(reason="engine: PRAGMA journal_mode=WAL at connect may fail with SQLITE_BUSY")
-
-
-@pytest.mark.parametrize("kind", [pytest.param("sqlite", marks=SQLITE_WAL_BUSY), "postgresql"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_two_first_ingests_at_once_both_succeed(tmp_path: Path, kbq_home: Path, kind: str) -> None:
     """Two real ``kbq ingest`` processes into one empty database. Without the schema lock the
     second one's CREATE TABLE meets the first's open transaction and fails on a duplicate

@@ -128,10 +128,7 @@ def _sqlite_engine(url: str, timeout: float) -> Engine:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
         if path is not None:
-            # Write-ahead log: readers never wait for a writer nor block its commit (many chat
-            # turns and queries beside an ingest), and a killed writer's frames are simply
-            # ignored by the next connection. Persistent in the file; a no-op once set.
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _use_wal(cursor)
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -142,6 +139,25 @@ def _sqlite_engine(url: str, timeout: float) -> Engine:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def _use_wal(cursor: Any) -> None:
+    """Put the file in write-ahead-log mode: readers never wait for a writer nor block its
+    commit (chat turns and queries beside an ingest), and a killed writer's frames are simply
+    ignored by the next connection. The mode is kept in the file, so it is only read here once
+    set: switching needs the file to itself, and SQLite refuses the switch at once, without
+    waiting, while another connection is open (two first runs at the same moment). A refused
+    switch is left to the next connection; the file is consistent in either mode."""
+    import sqlite3
+
+    (mode,) = cursor.execute("PRAGMA journal_mode").fetchone()
+    if str(mode).lower() == "wal":
+        return
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError as err:
+        if "locked" not in str(err).lower() and "busy" not in str(err).lower():
+            raise
 
 
 @contextmanager

@@ -264,6 +264,11 @@ class KnowledgeBase:
 
         bundled = not paths
         files = discover(paths or [bundled_cases_dir()])  # a missing path fails before any write
+        if not files:
+            from .errors import CaseFileError
+
+            named = ", ".join(str(p) for p in paths or [])
+            raise CaseFileError(f"{named}: no case files (*.yaml, *.yml) to ingest")
         state = self._state()
         upgrade = state is None or state.schema_version != HEAD
         if upgrade and state is not None and state.schema_version is not None:

@@ -906,3 +906,13 @@ def test_tests_never_write_to_the_real_user_home(tmp_path_factory: pytest.TempPa
     base = tmp_path_factory.getbasetemp().resolve()
     assert base in user_data_dir().resolve().parents
     assert base in KnowledgeBase(db=str(tmp_path_factory.mktemp("elsewhere") / "x.db")).index_parent.resolve().parents
+
+
+def test_ingest_of_a_folder_without_case_files_is_an_error(tmp_path: Path, kbq_home: Path) -> None:
+    empty = tmp_path / "notes"
+    empty.mkdir()
+    (empty / "README.md").write_text("not a case", encoding="utf-8")
+    db = tmp_path / "kb.db"
+    line = one_error(invoke("ingest", str(empty), "--db", str(db)))
+    assert str(empty) in line and "no case files" in line
+    assert not db.exists()

@@ -843,6 +843,36 @@ def test_concurrent_writers_each_see_their_write(server: Server) -> None:
     assert _total(server) == server.bundled + len(server.added)
 
 
+def test_readers_keep_answering_while_a_big_ingest_is_indexed(server: Server, tmp_path: Path) -> None:
+    """After a CLI ingest of many cases, the server's next request is answered from the index it
+    has (index_current: false) instead of waiting for the new one to be built; the refresh
+    that request started then brings the index up to date with no further write."""
+    import yaml
+
+    from conftest import case_data
+
+    ids = [f"api-bulk-{uuid.uuid4().hex[:6]}-{i:03d}" for i in range(300)]
+    folder = tmp_path / "bulk"
+    folder.mkdir()
+    for case_id in ids:
+        data = case_data(case_id, symptom=f"loss jumps to NaN in bulk case {case_id}")
+        (folder / f"{case_id}.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+    before = httpx.get(f"{server.url}/readyz", timeout=30).json()
+    assert before["index_current"] is True
+    ingested = _kbq(server.env, "ingest", str(folder), "--db", server.db)
+    assert ingested.returncode == 0, ingested.stderr
+    server.added += ids
+
+    ready = httpx.get(f"{server.url}/readyz", timeout=30).json()
+    assert ready["index_current"] is False and ready["cases"] == before["cases"]
+    assert httpx.post(f"{server.url}/v1/query", json={"query": GEMMA_QUERY}, timeout=30).json()["results"][0]["id"] == GEMMA_CASE
+    deadline = time.monotonic() + 300  # a bound for a stuck refresh, not a speed target
+    while time.monotonic() < deadline and not ready["index_current"]:
+        time.sleep(0.25)
+        ready = httpx.get(f"{server.url}/readyz", timeout=30).json()
+    assert ready["index_current"] is True and ready["cases"] == before["cases"] + len(ids)
+
+
 def test_a_second_multi_worker_server_sees_the_writes(server: Server, tmp_path: Path) -> None:
     """Two server processes (one of them with 2 workers) over one database: a write through one,
     made searchable there (refresh=wait_for), is answered by the other at once: each checks the

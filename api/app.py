@@ -27,7 +27,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from kb import __version__
 from kb.db.engine import sqlite_path
 from kb.errors import CaseFileError, ConflictError, DatabaseError, KbqError, NotFoundError, QueryError
-from kb.querytext import first_control_character
 from kb.retriever import Filters as CoreFilters
 from kb.service import KnowledgeBase
 
@@ -213,7 +212,6 @@ def create_app(kb: KnowledgeBase | None = None) -> FastAPI:
         """Add a case (the CBR *retain* step). Validated like `kbq ingest`. Answers once the case
         is committed; searches find it when the index refresh this starts ends, or at once with
         `refresh=wait_for`."""
-        _refuse_control_characters(case)
         stored, created = knowledge.put_case(case, create=True, wait=refresh == "wait_for")
         return {"created": created, "case": stored, "searchable": refresh == "wait_for"}
 
@@ -223,7 +221,6 @@ def create_app(kb: KnowledgeBase | None = None) -> FastAPI:
     def revise_case(response: Response, case_id: str = CaseId, case: dict[str, Any] = Body(...),
                     refresh: str = RefreshParam) -> dict[str, Any]:
         """Revise a case under its id (200), or add it if the id is new (201). Searchable as for POST."""
-        _refuse_control_characters(case)
         stored, created = knowledge.put_case(case, case_id=case_id, wait=refresh == "wait_for")
         if created:
             response.status_code = 201
@@ -284,14 +281,6 @@ def create_app(kb: KnowledgeBase | None = None) -> FastAPI:
         }
 
     return app
-
-
-def _refuse_control_characters(case: Any) -> None:
-    """Checked before validation and storage, since SQLite would keep a NUL that PostgreSQL refuses."""
-    found = first_control_character(case)
-    if found is not None:
-        where, problem = found
-        raise CaseFileError(f"request body: field '{where}': {problem}")
 
 
 def _text(content: Any) -> str:

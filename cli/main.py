@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import sys
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ from typer.core import TyperGroup
 
 from kb import __version__
 from kb.errors import KbqError, QueryError, UsageError
-from kb.querytext import MAX_QUERY_CHARS
+from kb.querytext import MAX_QUERY_CHARS, shown
 
 
 # Click's base error, from the click Typer runs on: Typer 0.28 carries its own copy of
@@ -125,13 +126,19 @@ def main(
     """Troubleshoot LLM training runs from documented past incidents."""
 
 
+def say(line: str, *, err: bool = False) -> None:
+    """Print one line that may quote input or stored data: control characters are shown as
+    escapes (kb.querytext.shown), never sent to the terminal, and the line stays one line."""
+    typer.echo(shown(line, one_line=True), err=err)
+
+
 @contextmanager
 def failures() -> Iterator[None]:
     """Turn every failure into one line on stderr and a non-zero exit."""
     try:
         yield
     except KbqError as err:
-        typer.echo(f"kbq: error: {err}", err=True)
+        say(f"kbq: error: {err}", err=True)
         raise typer.Exit(err.exit_code) from None
     except (typer.Exit, typer.Abort, *_CLICK_ERRORS):
         raise
@@ -142,7 +149,7 @@ def failures() -> Iterator[None]:
         if os.environ.get("KBQ_DEBUG"):
             raise
         message = " ".join(str(err).split()) or type(err).__name__
-        typer.echo(f"kbq: internal error: {type(err).__name__}: {message} (set KBQ_DEBUG=1 for the traceback)", err=True)
+        say(f"kbq: internal error: {type(err).__name__}: {message} (set KBQ_DEBUG=1 for the traceback)", err=True)
         raise typer.Exit(70) from None
 
 
@@ -154,11 +161,16 @@ def _kb(db: Optional[str]):
 
 def _print_notices(kb) -> None:
     for notice in kb.notices:
-        typer.echo(f"kbq: note: {notice}", err=True)
+        say(f"kbq: note: {notice}", err=True)
+
+
+# json.dumps escapes C0 but not DEL and C1 (0x9b acts as CSI): escaped here, the same value in JSON.
+_JSON_UNESCAPED_CONTROLS = re.compile("[\x7f-\x9f]")
 
 
 def _emit_json(data) -> None:
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+    text = json.dumps(data, ensure_ascii=False, indent=2)
+    sys.stdout.write(_JSON_UNESCAPED_CONTROLS.sub(lambda found: f"\\u{ord(found.group()):04x}", text) + "\n")
 
 
 # No text within the character limit is longer than this in UTF-8, so reading stops here.
@@ -311,10 +323,8 @@ def ingest_command(
         kb = _kb(db)
         report, drafts = kb.ingest(list(paths) if paths else None, include_drafts=include_drafts)
         skipped = f", {len(drafts)} draft(s) skipped (review them, or use --include-drafts)" if drafts else ""
-        typer.echo(
-            f"ingested into {kb.describe()}: {len(report.added)} added, {len(report.updated)} updated, "
-            f"{len(report.unchanged)} unchanged{skipped}"
-        )
+        say(f"ingested into {kb.describe()}: {len(report.added)} added, {len(report.updated)} updated, "
+            f"{len(report.unchanged)} unchanged{skipped}")
 
 
 @app.command("export")
@@ -326,7 +336,7 @@ def export_command(
     """Write every case back to YAML, one <id>.yaml per case."""
     with failures():
         written = _kb(db).export(directory, overwrite=overwrite)
-        typer.echo(f"wrote {len(written)} case file(s) to {directory}")
+        say(f"wrote {len(written)} case file(s) to {directory}")
 
 
 def _write_drafts(cases, out: Optional[Path], overwrite: bool) -> None:
@@ -337,7 +347,7 @@ def _write_drafts(cases, out: Optional[Path], overwrite: bool) -> None:
         return
     written = write_cases(cases, out, overwrite=overwrite)
     for path in written:
-        typer.echo(f"draft: {path}")
+        say(f"draft: {path}")
 
 
 OutOption = typer.Option(None, "--out", help="Write one <id>.yaml per draft into this directory instead of printing YAML.")
@@ -428,7 +438,7 @@ def serve_command(
             os.environ["KBQ_DB"] = db  # every worker builds its app from the environment
         import uvicorn
 
-        typer.echo(f"kbq API on http://{host}:{port} (docs at /docs) over {kb.describe()}, {workers} worker(s)", err=True)
+        say(f"kbq API on http://{host}:{port} (docs at /docs) over {kb.describe()}, {workers} worker(s)", err=True)
         uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
 
 
@@ -457,7 +467,7 @@ def db_upgrade(revision: str = typer.Option("head", "--revision"), db: Optional[
     """Create or upgrade the schema."""
     with failures():
         kb = _kb(db)
-        typer.echo(f"{kb.describe()}: schema at revision {kb.upgrade(revision)}")
+        say(f"{kb.describe()}: schema at revision {kb.upgrade(revision)}")
 
 
 @db_app.command("downgrade")
@@ -474,7 +484,7 @@ def db_downgrade(
                 f"a downgrade to {revision} drops kbq tables of {kb.describe()} with their data; "
                 "export the cases first (kbq export) and add --yes to go ahead"
             )
-        typer.echo(f"{kb.describe()}: schema at revision {kb.downgrade(revision) or 'base'}")
+        say(f"{kb.describe()}: schema at revision {kb.downgrade(revision) or 'base'}")
 
 
 @db_app.command("current")
@@ -482,7 +492,7 @@ def db_current(db: Optional[str] = DbOption) -> None:
     """Print the schema revision of the database."""
     with failures():
         kb = _kb(db)
-        typer.echo(f"{kb.describe()}: schema at revision {kb.schema_revision() or 'base (empty)'}")
+        say(f"{kb.describe()}: schema at revision {kb.schema_revision() or 'base (empty)'}")
 
 
 def run() -> None:

@@ -1,4 +1,8 @@
-"""Terminal rendering with rich: readable at 80 columns, Chinese aligned by cell width."""
+"""Terminal rendering with rich: readable at 80 columns, Chinese aligned by cell width.
+
+Everything shown from a case, a query or the database goes through :func:`_text` or
+:func:`_markup`, which write control characters as escapes (kb.querytext.shown): a row stored
+before the model refused them must not clear the screen or retitle the terminal."""
 
 from __future__ import annotations
 
@@ -11,9 +15,20 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from kb.querytext import shown
 from kb.results import Hit, SearchOutcome
 
 console = Console(highlight=False, soft_wrap=False)
+
+
+def _text(value: Any, style: str = "") -> Text:
+    """Data as rich Text, its control characters shown as escapes."""
+    return Text(shown(str(value)), style=style)
+
+
+def _markup(value: Any) -> str:
+    """Data to put in a markup string: control characters shown as escapes, markup escaped."""
+    return escape(shown(str(value)))
 
 
 def _value(value: Any) -> str:
@@ -27,7 +42,7 @@ def _value(value: Any) -> str:
 def _features_line(features: dict[str, list]) -> str:
     if not features:
         return "[dim]no structured features recognised; text match only[/]"
-    return " · ".join(f"{name} [bold]{escape(_value(values))}[/]" for name, values in features.items())
+    return " · ".join(f"{name} [bold]{_markup(_value(values))}[/]" for name, values in features.items())
 
 
 def _matched(hit: Hit) -> Text:
@@ -35,11 +50,11 @@ def _matched(hit: Hit) -> Text:
     for feature in hit.matched_features:
         if line:
             line.append(" · ")
-        shown = _value(feature.case)
-        label = f"{feature.name} {shown}"
+        in_case = _value(feature.case)
+        label = f"{feature.name} {in_case}"
         if feature.similarity < 1:
-            label = f"{feature.name} {_value(feature.query)}≈{shown}"
-        line.append(label, style="green" if feature.similarity >= 0.99 else "yellow")
+            label = f"{feature.name} {_value(feature.query)}≈{in_case}"
+        line.append(shown(label), style="green" if feature.similarity >= 0.99 else "yellow")
         line.append(f" +{feature.contribution:.2f}", style="dim")
     missed = [f.name for f in hit.features if f.similarity == 0]
     if missed:
@@ -54,21 +69,21 @@ def _hit_panel(hit: Hit) -> Panel:
     grid.add_column(ratio=1)
     grid.add_row("Matched", _matched(hit))
     terms = ", ".join(t.split(":", 1)[-1] for t, _ in hit.text.terms[:5]) or "-"
-    grid.add_row("Text", Text(f"{hit.text.score:.2f} (+{hit.text.contribution:.2f}): {terms}"))
+    grid.add_row("Text", _text(f"{hit.text.score:.2f} (+{hit.text.contribution:.2f}): {terms}"))
     if hit.semantic is not None:
         grid.add_row("Meaning", Text(f"{hit.semantic:.2f} (+{hit.semantic_contribution:.2f}) sentence-embedding similarity, "
                                      f"closest text {hit.semantic_best:.2f}"))
     for cause in case["causes"][:2]:
-        grid.add_row("Cause", Text(cause))
+        grid.add_row("Cause", _text(cause))
     for fix in case["fixes"][:3]:
         mark = Text("✓ ", style="bold green") if fix.get("confirmed") else Text("· ", style="dim")
-        grid.add_row("Fix", mark + Text(fix["action"]))
+        grid.add_row("Fix", mark + _text(fix["action"]))
     if case.get("related"):
-        grid.add_row("Related", Text(", ".join(case["related"]) + "  (same underlying problem)"))
-    grid.add_row("Sources", Text("\n".join(case["sources"]), style="blue"))
-    title = Text.assemble((f"{hit.rank}. ", "bold"), (hit.case_id, "bold magenta"))
+        grid.add_row("Related", _text(", ".join(case["related"]) + "  (same underlying problem)"))
+    grid.add_row("Sources", _text("\n".join(case["sources"]), style="blue"))
+    title = Text.assemble((f"{hit.rank}. ", "bold"), (shown(hit.case_id), "bold magenta"))
     score = Text(f"score {hit.score:.2f}" + ("" if hit.confident else " (weak)"), style="bold" if hit.confident else "yellow")
-    body = Group(Text(case["title"], style="bold"), grid)
+    body = Group(_text(case["title"], style="bold"), grid)
     return Panel(body, title=title, title_align="left", subtitle=score, subtitle_align="right",
                  border_style="green" if hit.confident else "yellow", box=box.ROUNDED)
 
@@ -84,14 +99,14 @@ def render_outcome(outcome: SearchOutcome) -> None:
         return
     if outcome.abstained:
         console.print(
-            f"[bold yellow]No close case[/] among {outcome.case_count} cases: {escape(outcome.abstain_reason or 'nothing fits well')}. "
+            f"[bold yellow]No close case[/] among {outcome.case_count} cases: {_markup(outcome.abstain_reason or 'nothing fits well')}. "
             "The best weak candidates, for what they are worth:"
         )
     strong = [hit for hit in outcome.hits if hit.confident]
     weak = [hit for hit in outcome.hits if not hit.confident]
     if not outcome.abstained and not strong:
         # Plausible but not certain: show the best one in full, and say why it is not confident.
-        console.print(f"[bold yellow]Possible match[/], not confident: {escape(outcome.abstain_reason or '')}")
+        console.print(f"[bold yellow]Possible match[/], not confident: {_markup(outcome.abstain_reason or '')}")
         strong, weak = weak[:1], weak[1:]
     for hit in strong:
         console.print(_hit_panel(hit))
@@ -103,7 +118,7 @@ def render_outcome(outcome: SearchOutcome) -> None:
         table.add_column("title", ratio=1, overflow="fold")
         table.add_column("score", justify="right", no_wrap=True)
         for hit in weak:
-            table.add_row(str(hit.rank), Text(hit.case_id), Text(hit.case["title"]), f"{hit.score:.2f}")
+            table.add_row(str(hit.rank), _text(hit.case_id), _text(hit.case["title"]), f"{hit.score:.2f}")
         console.print(table)
     if outcome.fixes:
         table = Table(title="Recommended fixes", title_justify="left", box=box.SIMPLE, show_header=True, expand=True)
@@ -112,7 +127,7 @@ def render_outcome(outcome: SearchOutcome) -> None:
         table.add_column("From", overflow="fold", max_width=24, style="magenta")
         for i, fix in enumerate(outcome.fixes, start=1):
             mark = Text("✓ confirmed ", style="bold green") if fix.confirmed else Text("")
-            table.add_row(str(i), mark + Text(fix.action), Text(", ".join(fix.cases)))
+            table.add_row(str(i), mark + _text(fix.action), _text(", ".join(fix.cases)))
         console.print(table)
 
 
@@ -122,33 +137,33 @@ def render_case(case: dict[str, Any]) -> None:
     grid.add_column(ratio=1)
     model = case["model"]
     framework = case["framework"]
-    grid.add_row("Status", Text(f"{case.get('status', 'reviewed')} · language {case['language']} · phase {case.get('phase', '-')}"))
-    grid.add_row("Model", escape(" · ".join(str(v) for v in [model["name"], model.get("version"), model.get("size")] if v)))
+    grid.add_row("Status", _text(f"{case.get('status', 'reviewed')} · language {case['language']} · phase {case.get('phase', '-')}"))
+    grid.add_row("Model", _markup(" · ".join(str(v) for v in [model["name"], model.get("version"), model.get("size")] if v)))
     libs = ", ".join(f"{k} {v}" for k, v in framework.get("libraries", {}).items())
-    grid.add_row("Framework", escape(" ".join(v for v in [framework["name"], framework.get("version", "")] if v) + (f" ({libs})" if libs else "")))
+    grid.add_row("Framework", _markup(" ".join(v for v in [framework["name"], framework.get("version", "")] if v) + (f" ({libs})" if libs else "")))
     hardware = case.get("hardware") or {}
     if hardware:
-        grid.add_row("Hardware", escape(" · ".join(f"{k} {v}" for k, v in hardware.items())))
+        grid.add_row("Hardware", _markup(" · ".join(f"{k} {v}" for k, v in hardware.items())))
     if case.get("config"):
-        grid.add_row("Config", escape(", ".join(f"{k}={v}" for k, v in case["config"].items())))
-    grid.add_row("Symptom", Text(case["symptom"]))
+        grid.add_row("Config", _markup(", ".join(f"{k}={v}" for k, v in case["config"].items())))
+    grid.add_row("Symptom", _text(case["symptom"]))
     for obs in case.get("observations", []):
         where = f" @ step {obs['step']}" if obs.get("step") else ""
         note = f" — {obs['note']}" if obs.get("note") else ""
-        grid.add_row("Observed", Text(f"{obs['metric']} {obs['value']:g} ({obs.get('when', 'other')}, {obs.get('context', 'symptom')}){where}{note}"))
+        grid.add_row("Observed", _text(f"{obs['metric']} {obs['value']:g} ({obs.get('when', 'other')}, {obs.get('context', 'symptom')}){where}{note}"))
     for cause in case["causes"]:
-        grid.add_row("Cause", Text(cause))
+        grid.add_row("Cause", _text(cause))
     for fix in case["fixes"]:
         mark = Text("✓ confirmed ", style="bold green") if fix.get("confirmed") else Text("unconfirmed ", style="dim")
-        grid.add_row("Fix", mark + Text(fix["action"]))
+        grid.add_row("Fix", mark + _text(fix["action"]))
     if case.get("tags"):
-        grid.add_row("Tags", Text(", ".join(case["tags"])))
+        grid.add_row("Tags", _text(", ".join(case["tags"])))
     if case.get("related"):
-        grid.add_row("Related", Text(", ".join(case["related"])))
-    grid.add_row("Sources", Text("\n".join(case["sources"]), style="blue"))
+        grid.add_row("Related", _text(", ".join(case["related"])))
+    grid.add_row("Sources", _text("\n".join(case["sources"]), style="blue"))
     if case.get("updated_at"):
-        grid.add_row("Updated", Text(f"{case['updated_at']} (created {case.get('created_at')})"))
-    console.print(Panel(Group(Text(case["title"], style="bold"), grid), title=Text(case["id"]), title_align="left", box=box.ROUNDED))
+        grid.add_row("Updated", _text(f"{case['updated_at']} (created {case.get('created_at')})"))
+    console.print(Panel(Group(_text(case["title"], style="bold"), grid), title=_text(case["id"]), title_align="left", box=box.ROUNDED))
 
 
 def render_case_list(cases: list[dict[str, Any]]) -> None:
@@ -160,14 +175,14 @@ def render_case_list(cases: list[dict[str, Any]]) -> None:
     for case in cases:
         model = case["model"].get("version") or case["model"]["name"]
         status = "" if case.get("status", "reviewed") == "reviewed" else " [draft]"
-        table.add_row(Text(case["id"]), Text(case["title"] + status), Text(model), Text(case["framework"]["name"]))
+        table.add_row(_text(case["id"]), _text(case["title"] + status), _text(model), _text(case["framework"]["name"]))
     console.print(table)
     console.print(f"{len(cases)} case(s)")
 
 
 def render_stats(stats) -> None:
     total = sum(stats.counts.values())
-    console.print(f"[bold]{total} cases[/] in {escape(stats.url)}: "
+    console.print(f"[bold]{total} cases[/] in {_markup(stats.url)}: "
                   + ", ".join(f"{n} {status}" for status, n in sorted(stats.counts.items())))
     console.print(f"index: {stats.index_cases} reviewed cases, {stats.index_terms} terms, revision {stats.revision}")
     for title, counts in (("model family", stats.by_model_family), ("framework", stats.by_framework),
@@ -177,7 +192,7 @@ def render_stats(stats) -> None:
         table.add_column(title, no_wrap=True)
         table.add_column("cases", justify="right")
         for name, count in counts.items():
-            table.add_row(escape(str(name)), str(count))
+            table.add_row(_markup(name), str(count))
         console.print(table)
 
 
@@ -190,7 +205,7 @@ def render_eval(report, split: str, show_misses: int) -> None:
                   str(report.false_abstentions), str(report.none_queries), abstain)
     console.print(table)
     if report.unknown_expected:
-        console.print(f"[yellow]{len(report.unknown_expected)} expected reference(s) match no case[/], e.g. {escape(report.unknown_expected[0])}")
+        console.print(f"[yellow]{len(report.unknown_expected)} expected reference(s) match no case[/], e.g. {_markup(report.unknown_expected[0])}")
     misses = report.misses
     if misses and show_misses:
         console.print(f"[bold]Misses[/] ({len(misses)}; first {min(show_misses, len(misses))}):")
@@ -198,7 +213,7 @@ def render_eval(report, split: str, show_misses: int) -> None:
             got = ", ".join(miss.ranked[:3]) or "-"
             want = ", ".join(miss.expected) or (f"{miss.references[0]} (no such case)" if miss.references else "(abstain)")
             where = f"rank {miss.rank}" if miss.rank else ("abstained" if miss.abstained else "not in top 10")
-            console.print(Text(f"- {miss.query[:100]}\n    want {want} · {where} · got {got}"))
+            console.print(_text(f"- {miss.query[:100]}\n    want {want} · {where} · got {got}"))
 
 
 def render_review(reports) -> None:
@@ -206,10 +221,10 @@ def render_review(reports) -> None:
         console.print("No draft cases to review.")
         return
     for report in reports:
-        console.print(Text.assemble((report.id, "bold magenta"), "  ", (report.location, "dim")))
-        console.print(Text(f"  {report.title}"))
+        console.print(Text.assemble((shown(report.id), "bold magenta"), "  ", (shown(report.location), "dim")))
+        console.print(_text(f"  {report.title}"))
         for finding in report.findings:
-            console.print(Text(f"  - {finding}", style="yellow"))
+            console.print(_text(f"  - {finding}", style="yellow"))
     console.print(f"{len(reports)} draft(s). Edit each file, set status: reviewed, then kbq ingest.")
 
 
@@ -219,6 +234,6 @@ def render_feedback(rows: list[dict]) -> None:
         table.add_column(column, overflow="fold")
     for row in rows:
         note = row["query"] + (f"\n— {row['comment']}" if row.get("comment") else "")
-        table.add_row(Text(row["created_at"][:19]), Text(row["case_id"]), Text("yes" if row["helpful"] else "no"), Text(note))
+        table.add_row(_text(row["created_at"][:19]), _text(row["case_id"]), Text("yes" if row["helpful"] else "no"), _text(note))
     console.print(table)
     console.print(f"{len(rows)} feedback item(s)")

@@ -7,12 +7,15 @@ line/column (YAML syntax) or the field (schema) at fault.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .errors import CaseFileError
+from .limits import CASE_FILE_BYTES, read_text
 from .models import Case
+from .querytext import shown
 
 CASE_SUFFIXES = (".yaml", ".yml")
 
@@ -37,32 +40,71 @@ def discover(paths: Iterable[Path]) -> list[Path]:
 
 
 def _field_path(location: tuple) -> str:
+    """``fixes[0].action``, or ``config.lr`` for a bad value or key ``lr``. A key is shown as one
+    short line: control characters (a line break too) escaped, a long one cut."""
     out = ""
     for part in location:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part != "[key]":  # pydantic's mark of an error in the key rather than in its value
+            name = shown(part if len(part) <= 60 else f"{part[:50]}...", one_line=True)
+            out += f".{name}" if out else name
     return out or "(top level)"
 
 
 def read_case(path: Path) -> Case:
+    """The validated case in a file, or one line naming the file and what is wrong (with the
+    line and column where the file has one). The size is checked before anything is parsed."""
     import yaml
 
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise CaseFileError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+    text = read_text(path, CASE_FILE_BYTES)
     if "\x00" in text:
         raise CaseFileError(f"{path}: contains NUL bytes; a case file must be text")
     try:
-        # libyaml's parser when PyYAML has it: the same safe subset, ~10x faster than pure Python
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        data = yaml.load(text, Loader=_case_loader())
+    except _AliasFound:
+        raise CaseFileError(f"{path}{_first_alias(text)}: case files may not use aliases; write the value out") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise CaseFileError(f"{path}{where}: YAML syntax error: {problem}") from None
     return validate_document(data, str(path))
+
+
+class _AliasFound(Exception):
+    """Raised by the case loader at the first node built a second time."""
+
+
+@functools.cache
+def _case_loader() -> type:
+    """libyaml's safe loader (the same safe subset, ~10x faster than pure Python) refusing aliases.
+
+    An alias repeats its anchor's node without repeating its bytes, so a 150 KB file of one
+    10 KB anchor used 20,000 times made a 202 MB case; no case file needs one. libyaml composes
+    the node graph in C (shared nodes, so its size follows the file's), but the Python
+    constructor then visits every node, and a node it has already built is an alias: refused
+    there at once, before anything is expanded, at no measurable cost to a plain file.
+    """
+    import yaml
+
+    class CaseLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc, valid-type]
+        def construct_object(self, node, deep=False):  # noqa: ANN001, ANN201 - PyYAML's signature
+            if node in self.constructed_objects:
+                raise _AliasFound
+            return super().construct_object(node, deep)
+
+    return CaseLoader
+
+
+def _first_alias(text: str) -> str:
+    """Where the first alias of ``text`` is, and its name; parsed again only for the error."""
+    import yaml
+
+    for event in yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+        if isinstance(event, yaml.AliasEvent):
+            return f":{event.start_mark.line + 1}:{event.start_mark.column + 1}: YAML alias '*{event.anchor}'"
+    return ": a YAML alias"
 
 
 def validate_document(data: Any, where: str) -> Case:

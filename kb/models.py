@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from datetime import datetime, timezone
-from typing import Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from .limits import (CASE_TEXT_BYTES, CONFIG_INT_MAX, COUNT_MAX, ITEMS, LINE_CHARS, NAME_CHARS, NODES_MAX, STEP_MAX,
+                     TEXT_CHARS)
+from .querytext import control_character
 
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{1,118}[a-z0-9]$")
 
@@ -34,53 +40,99 @@ Phase = Literal[
 Status = Literal["reviewed", "draft"]
 ObservationWhen = Literal["initial", "plateau", "final", "at-step", "range", "other"]
 ObservationContext = Literal["symptom", "reference", "after-fix"]
-ConfigValue = Union[bool, int, float, str]
+
+
+def _text_check(limit: int):
+    """The check every stored string passes, on the text as given (before white space is
+    stripped, which would drop a trailing VT or FS unseen): at most ``limit`` characters, and no
+    binary control character (SQLite would store a NUL that PostgreSQL refuses; ESC would reach
+    terminals). Anything but a string is left for pydantic's own type check."""
+    def check(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if len(value) > limit:
+            raise PydanticCustomError("text_too_long", f"has {len(value):,} characters; the limit is {limit:,}")
+        problem = control_character(value)
+        if problem is not None:
+            raise PydanticCustomError("control_character", problem)
+        return value
+    return check
+
+
+_line = _text_check(LINE_CHARS)
+Name = Annotated[str, BeforeValidator(_text_check(NAME_CHARS))]
+Line = Annotated[str, BeforeValidator(_line)]
+Text = Annotated[str, BeforeValidator(_text_check(TEXT_CHARS))]
+
+
+def _config_value(value: Any) -> Union[bool, int, float, str]:
+    """A config value: text, a boolean, or a finite number any JSON reader keeps exactly.
+
+    One function rather than a Union, so that a bad value gets one error saying what is
+    wrong with it instead of one per type it failed to be."""
+    if isinstance(value, str):
+        return _line(value).strip()
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if abs(value) > CONFIG_INT_MAX:
+            raise PydanticCustomError("number_too_large", f"must be within ±{CONFIG_INT_MAX:,}")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise PydanticCustomError("finite_number", "must be a finite number")
+        return value
+    raise PydanticCustomError("config_value", "must be text, a boolean or a number")
+
+
+ConfigValue = Annotated[Union[bool, int, float, str], PlainValidator(_config_value)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    # NaN and infinities are refused: SQLite stores them, PostgreSQL's JSON does not.
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, allow_inf_nan=False)
 
 
 class ModelInfo(_Strict):
     """The model being trained; ``version`` is the lexicon id (e.g. gemma-3)."""
 
-    name: str = Field(min_length=1, description="as the source names it, e.g. Gemma-3-4B")
-    family: Optional[str] = None
-    version: Optional[str] = None
-    size: Optional[str] = Field(None, description="parameter count, e.g. 4b, 1.1b, 8x7b")
-    also: list[str] = Field(default_factory=list, description="other models the incident compares with")
+    name: Name = Field(min_length=1, description="as the source names it, e.g. Gemma-3-4B")
+    family: Optional[Name] = None
+    version: Optional[Name] = None
+    size: Optional[Name] = Field(None, description="parameter count, e.g. 4b, 1.1b, 8x7b")
+    also: list[Name] = Field(default_factory=list, max_length=ITEMS, description="other models the incident compares with")
 
 
 class FrameworkInfo(_Strict):
-    name: str = Field(min_length=1)
-    version: Optional[str] = None
-    libraries: dict[str, str] = Field(
-        default_factory=dict, description="versions of deepspeed, transformers, peft, torch... when known"
+    name: Name = Field(min_length=1)
+    version: Optional[Name] = None
+    libraries: dict[Name, Name] = Field(
+        default_factory=dict, max_length=ITEMS, description="versions of deepspeed, transformers, peft, torch... when known"
     )
 
 
 class HardwareInfo(_Strict):
-    accelerator: Optional[str] = Field(None, description="e.g. A100-SXM4-80GB, Ascend 910B")
-    count: Optional[int] = Field(None, ge=1)
-    nodes: Optional[int] = Field(None, ge=1)
-    notes: Optional[str] = None
+    accelerator: Optional[Name] = Field(None, description="e.g. A100-SXM4-80GB, Ascend 910B")
+    count: Optional[int] = Field(None, ge=1, le=COUNT_MAX)
+    nodes: Optional[int] = Field(None, ge=1, le=NODES_MAX)
+    notes: Optional[Text] = None
 
 
 class Observation(_Strict):
     """A number seen during the incident (a loss value, a grad norm, a step)."""
 
-    metric: str = Field(min_length=1, description="loss, grad_norm, eval_loss, memory_gb, ...")
+    metric: Name = Field(min_length=1, description="loss, grad_norm, eval_loss, memory_gb, ...")
     value: float
     when: ObservationWhen = "other"
-    step: Optional[int] = Field(None, ge=0)
+    step: Optional[int] = Field(None, ge=0, le=STEP_MAX)
     context: ObservationContext = "symptom"
-    note: Optional[str] = None
+    note: Optional[Text] = None
 
 
 class Fix(_Strict):
-    action: str = Field(min_length=1)
+    action: Text = Field(min_length=1)
     confirmed: bool = False
-    key: Optional[str] = Field(
+    key: Optional[Name] = Field(
         None, description="short slug naming the kind of fix, so equal fixes of different cases merge"
     )
 
@@ -89,32 +141,35 @@ class UserPhrasing(_Strict):
     """The symptom told the way a user would report it, once in each language, so a report in
     either language meets the case. Written from the case's own facts, not copied from a source."""
 
-    en: str = Field(min_length=1)
-    zh: str = Field(min_length=1)
-    queries: list[str] = Field(
-        default_factory=list,
+    en: Text = Field(min_length=1)
+    zh: Text = Field(min_length=1)
+    queries: list[Line] = Field(
+        default_factory=list, max_length=ITEMS,
         description="short reports as users type them (issue titles, chat lines, error lines), in either language",
     )
 
 
 class Case(_Strict):
+    """One incident. Every text, list and number has a limit (:mod:`kb.limits`), and so does
+    the case's text as a whole, so whatever door a case comes through it is refused the same way."""
+
     id: str
-    title: str = Field(min_length=1)
+    title: Line = Field(min_length=1)
     status: Status = "reviewed"
-    language: str = Field(min_length=2, description="language of the source, e.g. zh, en")
+    language: Name = Field(min_length=2, description="language of the source, e.g. zh, en")
     phase: Optional[Phase] = None
-    symptom: str = Field(min_length=1)
+    symptom: Text = Field(min_length=1)
     user_phrasing: Optional[UserPhrasing] = None
     model: ModelInfo
     framework: FrameworkInfo
     hardware: HardwareInfo = Field(default_factory=HardwareInfo)
-    config: dict[str, ConfigValue] = Field(default_factory=dict)
-    observations: list[Observation] = Field(default_factory=list)
-    causes: list[str] = Field(default_factory=list)
-    fixes: list[Fix] = Field(default_factory=list)
-    tags: list[str] = Field(default_factory=list)
-    related: list[str] = Field(default_factory=list)
-    sources: list[str] = Field(min_length=1)
+    config: dict[Name, ConfigValue] = Field(default_factory=dict, max_length=ITEMS)
+    observations: list[Observation] = Field(default_factory=list, max_length=ITEMS)
+    causes: list[Text] = Field(default_factory=list, max_length=ITEMS)
+    fixes: list[Fix] = Field(default_factory=list, max_length=ITEMS)
+    tags: list[Name] = Field(default_factory=list, max_length=ITEMS)
+    related: list[Name] = Field(default_factory=list, max_length=ITEMS)
+    sources: list[Line] = Field(min_length=1, max_length=ITEMS)
     created_at: Optional[datetime] = None
     updated_at: Optional[datetime] = None
 
@@ -144,6 +199,8 @@ class Case(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Case":
+        if _text_bytes(self, CASE_TEXT_BYTES) > CASE_TEXT_BYTES:
+            raise PydanticCustomError("case_too_large", f"the case holds more than its limit of {CASE_TEXT_BYTES:,} bytes of text")
         if self.id in self.related:
             raise ValueError("related must not name the case itself")
         # A draft may still lack its diagnosis; a reviewed case is an answer and must have one.
@@ -160,6 +217,24 @@ class Case(_Strict):
     def content_hash(self) -> str:
         """Hash of the content only: re-ingesting an unchanged file changes nothing."""
         return document_hash(self.to_document())
+
+
+def _text_bytes(value: Any, budget: int) -> int:
+    """UTF-8 bytes of all the strings in ``value`` (mapping keys too), counted only until they
+    pass ``budget``. Each string is already within its own limit, so this bounds the sum."""
+    total, pending = 0, [value]
+    while pending and total <= budget:
+        item = pending.pop()
+        if isinstance(item, str):
+            total += len(item) if item.isascii() else len(item.encode("utf-8"))
+        elif isinstance(item, BaseModel):
+            pending.extend(item.__dict__.values())
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return total
 
 
 def document_hash(document: dict) -> str:

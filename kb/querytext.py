@@ -4,7 +4,6 @@ each failing with one clear line."""
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from .errors import QueryError
 from .report import ANSI_ESCAPE as _ANSI
@@ -13,6 +12,19 @@ from .report import ANSI_ESCAPE as _ANSI
 MAX_QUERY_CHARS = 16384
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+# What a terminal may act on: C0 (but tab and line feed unless one line is wanted), DEL and C1,
+# where 0x9b is a one-character CSI.
+_UNSHOWN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_UNSHOWN_IN_A_LINE = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def shown(text: str, *, one_line: bool = False) -> str:
+    """``text`` with each control character a terminal would act on written as an escape
+    (``\\x1b``); with ``one_line``, tabs and line breaks too. For text kbq did not write
+    (stored cases, input quoted in a message) on its way to a person."""
+    return (_UNSHOWN_IN_A_LINE if one_line else _UNSHOWN).sub(lambda found: f"\\x{ord(found.group()):02x}", text)
 
 
 def control_character(text: str) -> str | None:
@@ -26,30 +38,6 @@ def control_character(text: str) -> str | None:
     if found is None:
         return None
     return f"contains a binary control character (0x{ord(found.group()):02x} at character {found.start()})"
-
-
-def first_control_character(document: Any) -> tuple[str, str] | None:
-    """The first string of a JSON-like document, field names included, that is not plain text:
-    its field path (``fixes[0].action``, as case validation names fields) and what is wrong.
-
-    Walked with a stack rather than recursion: a request body can nest as deep as its parser allows.
-    """
-    pending: list[tuple[str, Any]] = [("", document)]
-    while pending:
-        where, value = pending.pop()
-        if isinstance(value, str):
-            problem = control_character(value)
-            if problem is not None:
-                return where or "(top level)", problem
-        elif isinstance(value, dict):
-            for key in value:
-                problem = control_character(key) if isinstance(key, str) else None
-                if problem is not None:
-                    return where or "(top level)", f"has a field name that {problem}"
-            pending += [(f"{where}.{key}" if where else str(key), item) for key, item in reversed(value.items())]
-        elif isinstance(value, list):
-            pending += [(f"{where}[{i}]", item) for i, item in reversed(list(enumerate(value)))]
-    return None
 
 
 def validate_query(query: str) -> str:

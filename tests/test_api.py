@@ -711,7 +711,12 @@ def test_put_with_mismatching_id_is_422(api: httpx.Client, server: Server) -> No
     (lambda c: c.update(sources=[]), "sources"),
     (lambda c: c.update(id="Not A Slug"), "id"),
     (lambda c: c.pop("id"), "id"),
-], ids=["missing-symptom", "fixes-not-a-list", "bad-phase", "no-sources", "id-not-a-slug", "missing-id"])
+    (lambda c: c.update(symptom="s" * 20_001), "'symptom'"),
+    (lambda c: c.update(tags=[f"tag-{i}" for i in range(201)]), "'tags'"),
+    (lambda c: c.update(hardware={"count": 10**7}), "'hardware.count'"),
+    (lambda c: c.update(causes=[f"{i} " + "c" * 19_990 for i in range(14)]), "262,144"),
+], ids=["missing-symptom", "fixes-not-a-list", "bad-phase", "no-sources", "id-not-a-slug", "missing-id",
+        "symptom-too-long", "too-many-tags", "gpu-count-too-large", "case-too-large"])
 def test_invalid_case_is_422_naming_the_field(api: httpx.Client, server: Server, broken, field_name: str) -> None:
     case_id = f"api-invalid-{uuid.uuid4().hex[:8]}"
     case = _new_case(api, case_id, _words())
@@ -753,6 +758,20 @@ def test_case_with_a_control_character_is_422_naming_the_field(api: httpx.Client
     assert response.status_code == 422, response.text
     message = _error_of(response)["message"]
     assert f"'{field_path}'" in message and "control character" in message and "\n" not in message, message
+    assert api.get(f"/v1/cases/{case_id}").status_code == 404
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_case_with_a_non_finite_number_is_422_naming_the_field(api: httpx.Client, server: Server, value: str) -> None:
+    """Python's JSON parser reads NaN, which SQLite would store and PostgreSQL refuse: refused on both."""
+    case_id = f"api-nan-{uuid.uuid4().hex[:8]}"
+    case = _new_case(api, case_id, _words())
+    case["observations"] = [{"metric": "loss", "value": "__VALUE__"}]
+    content = json.dumps(case).replace('"__VALUE__"', value).encode()
+    response = api.post("/v1/cases", content=content, headers={**server.auth, "Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    message = _error_of(response)["message"]
+    assert "'observations[0].value'" in message and "finite" in message, message
     assert api.get(f"/v1/cases/{case_id}").status_code == 404
 
 

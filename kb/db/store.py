@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Select, Text, bindparam, cast, delete, func, insert, inspect, select, update
 
+from kb.casefiles import validate_document
 from kb.db._base import StoreBase, schema_version, utc
 from kb.db._common import no_schema_message
 from kb.db.engine import describe
@@ -48,8 +49,10 @@ class StoredCase:
     updated_at: datetime
 
     def to_case(self) -> Case:
-        """The validated case with its timestamps, e.g. for export."""
-        return Case.model_validate({**self.document, "created_at": self.created_at, "updated_at": self.updated_at})
+        """The validated case with its timestamps, e.g. for export; a row stored before a check it
+        fails existed (a control character, a size limit) is named in one line."""
+        return validate_document({**self.document, "created_at": self.created_at, "updated_at": self.updated_at},
+                                 f"stored case '{self.id}'")
 
 
 @dataclass

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import CaseFileError
 from ..lexicon import Lexicon
+from ..limits import SOURCE_FILE_BYTES, read_text
 from ..models import Case
 from .drafts import DraftParts, build_draft, first_sentences, slugify
 
@@ -145,13 +146,8 @@ def parse_article(text: str, source: str, lexicon: Lexicon) -> Case:
         causes=causes[:8],
         fixes=fixes[:8],
     )
-    return build_draft(parts, lexicon)
+    return build_draft(parts, lexicon, source)
 
 
 def import_article(path: Path, lexicon: Lexicon) -> Case:
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise CaseFileError(f"{path}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
-    return parse_article(text, str(path), lexicon)
+    return parse_article(read_text(path, SOURCE_FILE_BYTES), str(path), lexicon)

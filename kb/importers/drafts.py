@@ -12,11 +12,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..casefiles import validate_document
 from ..lexicon import CJK_CHARS, Lexicon, Match, detect_language, normalize
 from ..models import Case
 from ..parser import extract_features
+from ..report import ANSI_ESCAPE
 
 _CJK = re.compile(f"[{CJK_CHARS}]")
+# C0 but tab, line feed and carriage return; DEL; C1
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SLUG = re.compile(r"[^a-z0-9]+")
 _SENTENCE = re.compile(r"(?<=[。！？!?])|(?<=\.)\s+")
 
@@ -24,6 +28,23 @@ _SENTENCE = re.compile(r"(?<=[。！？!?])|(?<=\.)\s+")
 def slugify(text: str, fallback: str = "draft") -> str:
     slug = _SLUG.sub("-", normalize(text)).strip("-")[:100].strip("-")
     return slug if len(slug) >= 3 else f"{fallback}-{slug}".strip("-")
+
+
+def plain_text(text: str) -> str:
+    """Text as a case may hold it: terminal colour codes (pasted logs carry them) removed and any
+    other control character dropped. Imported text is raw material, cleaned rather than refused."""
+    return _CONTROL.sub("", ANSI_ESCAPE.sub("", text))
+
+
+def _plain(value: Any) -> Any:
+    """``value`` (a draft's fields) with every string made :func:`plain_text`."""
+    if isinstance(value, str):
+        return plain_text(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {_plain(key): _plain(item) for key, item in value.items()}
+    return value
 
 
 def first_sentences(text: str, limit: int = 600) -> str:
@@ -83,7 +104,9 @@ def _config(features: dict[str, list]) -> dict[str, Any]:
     return config
 
 
-def build_draft(parts: DraftParts, lexicon: Lexicon) -> Case:
+def build_draft(parts: DraftParts, lexicon: Lexicon, where: str) -> Case:
+    """The draft case of ``parts``, validated like any case; an error names ``where`` it came from."""
+    parts = DraftParts(**_plain(vars(parts)))
     norm_body = normalize(parts.body)
     matches: list[Match] = lexicon.find(norm_body)
     features = extract_features(norm_body, matches, lexicon, prose=True)
@@ -131,4 +154,5 @@ def build_draft(parts: DraftParts, lexicon: Lexicon) -> Case:
         "tags": list(dict.fromkeys([*parts.tags, *symptom_concepts, "imported"])),
         "sources": parts.sources,
     }
-    return Case.model_validate({k: v for k, v in data.items() if v not in (None, {}, [])} | {"model": model, "framework": data["framework"]})
+    return validate_document({k: v for k, v in data.items() if v not in (None, {}, [])} | {"model": model, "framework": data["framework"]},
+                             where)

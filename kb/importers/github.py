@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import CaseFileError
 from ..lexicon import Lexicon, normalize
+from ..limits import SOURCE_FILE_BYTES, read_text
 from ..models import Case
 from .drafts import DraftParts, build_draft, first_sentences, slugify
 
@@ -127,14 +128,12 @@ def parse_issue(issue: dict[str, Any], where: str, lexicon: Lexicon) -> Case:
         accelerator_hint=accelerator,
         gpu_count_hint=count,
     )
-    return build_draft(parts, lexicon)
+    return build_draft(parts, lexicon, where)
 
 
 def import_github(path: Path, lexicon: Lexicon) -> list[Case]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise CaseFileError(f"{path}: not valid UTF-8") from None
+        data = json.loads(read_text(path, SOURCE_FILE_BYTES))
     except json.JSONDecodeError as err:
         raise CaseFileError(f"{path}:{err.lineno}:{err.colno}: not valid JSON: {err.msg}") from None
     issues = data if isinstance(data, list) else [data]

@@ -335,8 +335,12 @@ def export_command(
 ) -> None:
     """Write every case back to YAML, one <id>.yaml per case."""
     with failures():
-        written = _kb(db).export(directory, overwrite=overwrite)
+        written, as_stored = _kb(db).export(directory, overwrite=overwrite)
         say(f"wrote {len(written)} case file(s) to {directory}")
+        if as_stored:
+            shown_ids = ", ".join(as_stored[:5]) + (f" and {len(as_stored) - 5} more" if len(as_stored) > 5 else "")
+            say(f"kbq: note: {len(as_stored)} case(s) fail this kbq's checks and were written as stored: "
+                f"{shown_ids}; `kbq ingest` of their files names what to fix", err=True)
 
 
 def _write_drafts(cases, out: Optional[Path], overwrite: bool) -> None:

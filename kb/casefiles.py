@@ -192,14 +192,42 @@ def case_yaml(case: Case) -> str:
 
 
 def write_cases(cases: Iterable[Case], directory: Path, *, overwrite: bool = False) -> list[Path]:
-    """Write one ``<id>.yaml`` per case. Refuses to clobber existing files unless told to."""
+    """Write one ``<id>.yaml`` per case (see :func:`write_case_texts`)."""
     cases = list(cases)
-    directory.mkdir(parents=True, exist_ok=True)
-    targets = [directory / f"{case.id}.yaml" for case in cases]
+    return write_case_texts([case.id for case in cases], ((case.id, case_yaml(case)) for case in cases),
+                            directory, overwrite=overwrite)
+
+
+def write_case_texts(ids: list[str], texts: Iterable[tuple[str, str]], directory: Path, *,
+                     overwrite: bool = False) -> list[Path]:
+    """Write ``<id>.yaml`` files into ``directory`` from ``(id, text)`` pairs (made one at a
+    time, so an export need not hold every text). Nothing is written when a file of one of
+    ``ids`` exists and ``overwrite`` is off; a link counts as a file, even a dangling one.
+
+    Each file is written aside and renamed over its name: a killed export leaves whole files
+    only, and ``--overwrite`` replaces a symbolic link rather than writing where it points
+    (possibly outside ``directory``). Every failure is one line naming the path."""
+    import os
+
+    if directory.exists() and not directory.is_dir():
+        raise CaseFileError(f"{directory}: exists and is not a folder")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CaseFileError(f"{directory}: cannot create the folder: {err.strerror or err}") from None
     if not overwrite:
-        clashing = [p for p in targets if p.exists()]
+        clashing = [directory / f"{case_id}.yaml" for case_id in ids if os.path.lexists(directory / f"{case_id}.yaml")]
         if clashing:
             raise CaseFileError(f"{clashing[0]}: already exists ({len(clashing)} file(s) would be overwritten; use --overwrite)")
-    for case, target in zip(cases, targets):
-        target.write_text(case_yaml(case), encoding="utf-8")
-    return targets
+    written: list[Path] = []
+    for case_id, text in texts:
+        target = directory / f"{case_id}.yaml"
+        aside = directory / f".{case_id}.yaml.{os.getpid()}.tmp"
+        try:
+            aside.write_text(text, encoding="utf-8")
+            os.replace(aside, target)
+        except OSError as err:
+            aside.unlink(missing_ok=True)
+            raise CaseFileError(f"{target}: cannot write: {err.strerror or err}") from None
+        written.append(target)
+    return written

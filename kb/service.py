@@ -298,13 +298,31 @@ class KnowledgeBase:
         self._index = None
         return report, drafts
 
-    def export(self, directory: Path, *, overwrite: bool = False) -> list[Path]:
-        from .casefiles import write_cases
+    def export(self, directory: Path, *, overwrite: bool = False) -> tuple[list[Path], list[str]]:
+        """Write every stored case to ``directory``; returns the files and the ids of cases
+        written as stored because they fail this kbq's checks (stored before a check existed).
+        An export is the way out of a database, so such a case does not stop it: its file
+        keeps every field, and `kbq ingest` names what to fix in it."""
+        from .casefiles import case_yaml, write_case_texts
+        from .errors import CaseFileError
 
         self.ensure_ready()
         with self._store() as store:
-            cases = [stored.to_case() for stored in store.all()]
-        return write_cases(cases, directory, overwrite=overwrite)
+            stored = store.all()
+        as_stored: list[str] = []
+
+        def texts() -> Iterator[tuple[str, str]]:
+            for row in stored:
+                try:
+                    yield row.id, case_yaml(row.to_case())
+                except CaseFileError:
+                    import yaml
+
+                    as_stored.append(row.id)
+                    yield row.id, yaml.safe_dump(_document_with_times(row), allow_unicode=True, sort_keys=False)
+
+        written = write_case_texts([row.id for row in stored], texts(), directory, overwrite=overwrite)
+        return written, as_stored
 
     # -- reading ------------------------------------------------------------------
     def index(self, *, wait: bool = False) -> LoadedIndex:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import sys
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -916,3 +917,40 @@ def test_ingest_of_a_folder_without_case_files_is_an_error(tmp_path: Path, kbq_h
     line = one_error(invoke("ingest", str(empty), "--db", str(db)))
     assert str(empty) in line and "no case files" in line
     assert not db.exists()
+
+
+# -- export: one line for every failure, and nothing written outside the folder -----------
+
+
+def test_export_to_a_file_or_an_unwritable_place_is_one_line(ingested: Path, tmp_path: Path) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me", encoding="utf-8")
+    for target in (a_file, a_file / "sub"):
+        line = one_error(invoke("export", str(target), "--db", str(ingested)), code=1)
+        assert str(target) in line or str(a_file) in line, line
+    assert a_file.read_text(encoding="utf-8") == "keep me"
+    if sys.platform.startswith("linux"):  # a place even root cannot create a folder in
+        line = one_error(invoke("export", "/sys/kbq-export-test", "--db", str(ingested)), code=1)
+        assert "/sys/kbq-export-test" in line and "cannot create the folder" in line
+
+
+def test_export_overwrite_replaces_a_link_instead_of_writing_through_it(ingested: Path, tmp_path: Path) -> None:
+    out, outside = tmp_path / "out", tmp_path / "outside.yaml"
+    out.mkdir()
+    outside.write_text("not kbq's to change", encoding="utf-8")
+    link = out / f"{GEMMA_CASE}.yaml"
+    link.symlink_to(outside)
+    assert "would be overwritten" in one_error(invoke("export", str(out), "--db", str(ingested)))
+    dangling = out / f"{BUNDLED_IDS[1]}.yaml"
+    dangling.symlink_to(tmp_path / "nowhere.yaml")
+    link.unlink()
+    assert "would be overwritten" in one_error(invoke("export", str(out), "--db", str(ingested)))
+    assert not (tmp_path / "nowhere.yaml").exists()
+    link.symlink_to(outside)
+
+    assert f"wrote {N} case file(s)" in ok(invoke("export", str(out), "--overwrite", "--db", str(ingested)))
+    assert outside.read_text(encoding="utf-8") == "not kbq's to change"
+    assert not (tmp_path / "nowhere.yaml").exists()
+    assert not link.is_symlink() and not dangling.is_symlink()
+    assert yaml.safe_load(link.read_text(encoding="utf-8"))["id"] == GEMMA_CASE
+    assert not list(out.glob(".*.tmp"))

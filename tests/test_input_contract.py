@@ -321,7 +321,17 @@ def test_lexicon_find_equals_the_reference_on_random_text() -> None:
         assert lexicon.find(norm) == _reference_find(lexicon, norm), norm
 
 
-def test_export_of_a_row_the_model_now_refuses_names_it_in_one_line(hostile_db: Path, tmp_path: Path) -> None:
-    """An export must ingest back, so a stored row with control characters stops it, by name."""
-    line = one_error(invoke("export", str(tmp_path / "out"), "--db", str(hostile_db)))
-    assert "'zz-hostile'" in line and "field 'title'" in line and "control character (0x1b" in line, line
+def test_export_writes_a_row_the_model_now_refuses_as_stored_and_names_it(hostile_db: Path, tmp_path: Path) -> None:
+    """An export is the way out of a database: a stored row that today's checks refuse (control
+    characters) does not stop it. Its file keeps every field (escaped in YAML, never raw), the
+    run names it, and `kbq ingest` of the folder then names the field to fix."""
+    out = tmp_path / "out"
+    result = invoke("export", str(out), "--db", str(hostile_db))
+    assert result.exit_code == 0, result.output
+    assert "zz-hostile" in result.stderr and "written as stored" in result.stderr
+    assert not any(ch in result.stderr for ch in RAW_CONTROLS)
+    text = (out / "zz-hostile.yaml").read_text(encoding="utf-8")
+    assert yaml.safe_load(text)["title"] == HOSTILE["title"]  # every field kept...
+    assert not any(ch in text for ch in RAW_CONTROLS)  # ...and escaped in the YAML, not raw
+    line = one_error(invoke("ingest", str(out), "--db", str(tmp_path / "again.db")))
+    assert "zz-hostile" in line and "title" in line and "control character (0x1b" in line, line

@@ -27,15 +27,17 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import KBQ_ENV_PASSED_THROUGH_NEVER, PG_ENV, _pg_schema_url
+from conftest import PG_ENV, _pg_schema_url
+from serving import REPO
+from serving import base_env as _base_env
+from serving import start as _start
+from serving import stop as _stop
 
-REPO = Path(__file__).resolve().parents[1]
 GEMMA_QUERY = "gemma3 loss 70 zero3"
 GEMMA_CASE = "llamafactory-7416"
 # New cases are copies of a case no other test here queries for, so they never
 # compete with the gemma/llama-factory answers the query and chat tests expect.
 TEMPLATE_CASE = "accelerate-2127"
-STARTUP_TIMEOUT = 30.0
 
 
 # -- the server ----------------------------------------------------------------------
@@ -56,19 +58,6 @@ class Server:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _base_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in KBQ_ENV_PASSED_THROUGH_NEVER and k != "KBQ_API_TOKEN"}
-    env.update({"KBQ_HOME": str(home), "COLUMNS": "120", "PYTHONUNBUFFERED": "1"})
-    env.update(extra)
-    return env
-
-
 def _kbq(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "cli.main", *args], env=env, cwd=REPO, capture_output=True,
                           text=True, encoding="utf-8", timeout=timeout)
@@ -79,38 +68,6 @@ def _bundled_count() -> int:
     from kb.paths import bundled_cases_dir
 
     return sum(1 for loaded in load_cases([bundled_cases_dir()], include_drafts=False) if loaded.case.status == "reviewed")
-
-
-def _start(env: dict[str, str], db: str, log: Path, *, workers: int = 1) -> tuple[subprocess.Popen, int]:
-    """Start `kbq serve` on a free port and wait for /healthz; retried if the port was taken meanwhile."""
-    for _ in range(3):
-        port = _free_port()
-        with open(log, "ab") as sink:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1", "--port", str(port),
-                 "--workers", str(workers), "--db", db],
-                env=env, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    return proc, port
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        _stop(proc)
-    raise RuntimeError(f"kbq serve did not come up; its log:\n{log.read_text(errors='replace')}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

@@ -152,7 +152,9 @@ def test_killed_server_keeps_every_acknowledged_write(db_url: str, tmp_path: Pat
     import httpx
     import threading
 
-    from test_api import _base_env, _start, _stop
+    from serving import base_env as _base_env
+    from serving import start as _start
+    from serving import stop as _stop
 
     token = "crash-test-token"
     env = _base_env(tmp_path / "home", KBQ_API_TOKEN=token, KBQ_SEMANTIC="0")

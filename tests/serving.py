@@ -1,0 +1,62 @@
+"""A real `kbq serve` on a loopback port, for the tests that talk to one over HTTP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from conftest import KBQ_ENV_PASSED_THROUGH_NEVER
+
+REPO = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def base_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in KBQ_ENV_PASSED_THROUGH_NEVER and k != "KBQ_API_TOKEN"}
+    env.update({"KBQ_HOME": str(home), "COLUMNS": "120", "PYTHONUNBUFFERED": "1"})
+    env.update(extra)
+    return env
+
+
+def start(env: dict[str, str], db: str, log: Path, *, workers: int = 1) -> tuple[subprocess.Popen, int]:
+    """Start `kbq serve` on a free port and wait for /healthz; retried if the port was taken meanwhile."""
+    for _ in range(3):
+        port = free_port()
+        with open(log, "ab") as sink:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1", "--port", str(port),
+                 "--workers", str(workers), "--db", db],
+                env=env, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    return proc, port
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        stop(proc)
+    raise RuntimeError(f"kbq serve did not come up; its log:\n{log.read_text(errors='replace')}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from kb.db import fastmeta, migrate
 from kb.db import interactions as interactions_mod
@@ -240,31 +242,41 @@ def test_unicode_round_trips(store: InteractionStore) -> None:
     assert feedback.query == "微调 Qwen 时 loss 变成 NaN" and feedback.comment == "没有用：框架不同"
 
 
-def test_concurrent_saves_of_a_new_session(store: InteractionStore) -> None:
-    """A writer that waits on another creating the same session updates it instead of failing."""
-    release = threading.Event()
-    held = threading.Event()
+@contextmanager
+def _another_thread_writing(url: str, write: Callable[[Connection], None]) -> Iterator[threading.Event]:
+    """``write`` in a write transaction of another thread's store, left open until the yielded
+    event is set (at most 5 s); the thread has ended when the block is left."""
+    release, held = threading.Event(), threading.Event()
 
-    def create_and_hold() -> None:
-        with InteractionStore(store.url) as other, other._write() as conn:
-            interactions_mod._upsert_session(conn, {
-                "id": "s1", "state": {"by": "first"}, "language": "en",
-                "created_at": T0, "updated_at": T0, "expires_at": T0 + timedelta(seconds=60),
-            }, T0)
+    def hold() -> None:
+        with InteractionStore(url) as other, other._write() as conn:
+            write(conn)
             held.set()
             release.wait(5)
 
-    holder = threading.Thread(target=create_and_hold)
+    holder = threading.Thread(target=hold)
     holder.start()
     try:
         assert held.wait(5)
+        yield release
+    finally:
+        release.set()
+        holder.join()
+
+
+def test_concurrent_saves_of_a_new_session(store: InteractionStore) -> None:
+    """A writer that waits on another creating the same session updates it instead of failing."""
+    def create(conn: Connection) -> None:
+        interactions_mod._upsert_session(conn, {
+            "id": "s1", "state": {"by": "first"}, "language": "en",
+            "created_at": T0, "updated_at": T0, "expires_at": T0 + timedelta(seconds=60),
+        }, T0)
+
+    with _another_thread_writing(store.url, create) as release:
         threading.Timer(0.3, release.set).start()
         started = time.monotonic()
         second = store.save_session("s1", {"by": "second"}, "en", 60, now=T0 + timedelta(seconds=1))
         assert time.monotonic() - started >= 0.25
-    finally:
-        release.set()
-        holder.join()
     assert second.state == {"by": "second"} and second.created_at == T0
 
 
@@ -290,6 +302,20 @@ def test_feedback_does_not_wait_for_an_ingest_on_postgresql(store: InteractionSt
                 assert waiting.add_feedback("q", "case-a", True).case_id == "case-a"
         finally:
             engine.dispose()
+
+
+def test_writers_of_one_process_take_turns_within_the_lock_timeout(store: InteractionStore) -> None:
+    """On SQLite a thread waits for another thread's write in the process's own queue, as
+    long as it would have waited for SQLite's lock, and fails the same way after it."""
+    if sqlite_path(store.url) is None:
+        pytest.skip("SQLite's writers queue in the process; PostgreSQL's lock rows")
+    with InteractionStore(store.url, lock_timeout=0.3) as waiting:
+        with _another_thread_writing(store.url, lambda conn: None):
+            started = time.monotonic()
+            with pytest.raises(DatabaseError, match=r"^database is locked by another writer \(waited 0\.3 s\)"):
+                waiting.add_feedback("q", "case-a", True)
+            assert time.monotonic() - started >= 0.25
+        assert waiting.add_feedback("q", "case-a", True).case_id == "case-a"
 
 
 # -- errors ------------------------------------------------------------------

@@ -9,6 +9,7 @@ What a writer additionally locks is up to each store.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -16,10 +17,15 @@ from typing import Self
 
 from sqlalchemy import Connection, text
 
-from kb.db._common import no_schema_message, resolve_lock_timeout
+from kb.db._common import locked_message, no_schema_message, resolve_lock_timeout
 from kb.db.engine import describe, make_engine, normalize_url, reader, translate_errors
 from kb.db.migrate import HEAD
 from kb.errors import DatabaseError
+
+
+# One lock per SQLite database for the writers of this process (see StoreBase._writer_turn).
+_SQLITE_WRITERS: dict[str, threading.RLock] = {}
+_SQLITE_WRITERS_GUARD = threading.Lock()
 
 
 class StoreBase:
@@ -54,11 +60,34 @@ class StoreBase:
         database's write lock; on PostgreSQL only the rows a store locks or
         writes are contended, so the wait is bounded here instead.
         """
-        with translate_errors(self.url, lock_timeout=self.lock_timeout), self.engine.begin() as conn:
+        with translate_errors(self.url, lock_timeout=self.lock_timeout), self._writer_turn(), self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 # Wait for another writer as long as SQLite would, then fail cleanly.
                 conn.execute(text("SELECT set_config('lock_timeout', :ms, true)"), {"ms": _pg_ms(self.lock_timeout)})
             yield conn
+
+    @contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """On SQLite, this process's writers of the database take turns before ``BEGIN IMMEDIATE``.
+
+        SQLite lets one writer in at a time and its busy handler has waiters poll with growing
+        sleeps (up to 100 ms), so under a steady stream of writes (chat turns from many request
+        threads, each holding the lock for milliseconds) newcomers keep winning and an early
+        waiter can pass ``lock_timeout``. Queued here, a waiter is woken when the lock is
+        released, and SQLite's lock has one contender per process. The wait is bounded alike.
+        """
+        if self.engine.dialect.name != "sqlite":
+            yield
+            return
+        with _SQLITE_WRITERS_GUARD:
+            turn = _SQLITE_WRITERS.setdefault(self.url, threading.RLock())
+        timeout = resolve_lock_timeout(self.lock_timeout)
+        if not turn.acquire(timeout=timeout):
+            raise DatabaseError(locked_message(describe(self.url), timeout))
+        try:
+            yield
+        finally:
+            turn.release()
 
     def _require_head(self, version: str | None) -> None:
         """Refuse to write to a database whose schema is not the one this code knows."""

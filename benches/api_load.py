@@ -22,7 +22,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Callable
 
 import httpx
 
@@ -56,44 +59,63 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 class Server:
-    """``kbq serve`` over a fresh database in a temporary directory; a context manager."""
+    """``kbq serve`` on a free loopback port over a fresh database; a context manager.
 
-    def __init__(self, workers: int, startup_timeout: float = 60.0):
+    ``db``: None for a new SQLite file in a temporary directory, or the URL of an empty
+    database (see :func:`postgres_database`). ``cases``: what ``kbq ingest`` loads (default:
+    the bundled cases). ``env``: more variables for ingest and server (KBQ_API_TOKEN,
+    KBQ_SEMANTIC, KBQ_CACHE_DIR). ``base`` is the temporary directory, ``url`` the server's.
+    """
+
+    name = "kbq serve"
+    ready_path = "/readyz"
+
+    def __init__(self, workers: int, startup_timeout: float = 60.0, *, db: str | None = None,
+                 cases: Sequence[Path] = (), env: Mapping[str, str] | None = None):
         self.workers = workers
         self.startup_timeout = startup_timeout
+        self.db, self.cases, self.extra_env = db, list(cases), dict(env or {})
+
+    def command(self) -> list[str]:
+        """Prepare what the server needs under ``self.base``; the command that serves it."""
+        db = self.db or str(self.base / "kbq.db")
+        subprocess.run([sys.executable, "-m", "cli.main", "ingest", *map(str, self.cases), "--db", db], env=self.env,
+                       cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+        return [sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                "--workers", str(self.workers), "--db", db]
 
     def __enter__(self) -> "Server":
         self._tmp = tempfile.TemporaryDirectory(prefix="kbq-api-load-")
-        base = Path(self._tmp.name)
-        (base / "home").mkdir()
-        db = str(base / "kbq.db")
+        self.base = Path(self._tmp.name)
+        (self.base / "home").mkdir()
         self.env = {k: v for k, v in os.environ.items() if k not in ("KBQ_DB", "KBQ_DEBUG", "KBQ_API_TOKEN")}
-        self.env["KBQ_HOME"] = str(base / "home")
-        subprocess.run([sys.executable, "-m", "cli.main", "ingest", "--db", db], env=self.env, cwd=REPO,
-                       check=True, stdout=subprocess.DEVNULL)
+        self.env["KBQ_HOME"] = str(self.base / "home")
+        self.env.update(self.extra_env)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._log = open(base / "serve.log", "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", str(self.workers), "--db", db],
-            env=self.env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
-        )
+        self._log = open(self.base / "serve.log", "wb")
+        self.proc = None
+        try:
+            command = self.command()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        self.proc = subprocess.Popen(command, env=self.env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
         self.__exit__(None, None, None)
-        raise RuntimeError(f"kbq serve --workers {self.workers} did not become ready; see its log above")
+        raise RuntimeError(f"{self.name} --workers {self.workers} did not become ready; see its log above")
 
     def __exit__(self, *_exc) -> None:
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=15)
@@ -101,9 +123,79 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
         self._log.close()
-        if self.proc.returncode not in (0, -15, None):
-            sys.stderr.write((Path(self._tmp.name) / "serve.log").read_text(errors="replace")[-2000:])
+        if self.proc is None or self.proc.returncode not in (0, -15, None):
+            sys.stderr.write((self.base / "serve.log").read_text(errors="replace")[-2000:])
         self._tmp.cleanup()
+
+
+class PeerServer(Server):
+    """The peer: :func:`peer_app` (one SQLite insert per request) served by uvicorn as ``kbq serve`` serves."""
+
+    name = "peer"
+    ready_path = "/healthz"
+
+    def command(self) -> list[str]:
+        self.env["KBQ_PEER_DB"] = str(self.base / "peer.db")
+        return [sys.executable, "-m", "uvicorn", "--app-dir", str(REPO / "benches"), "--factory", "api_load:peer_app",
+                "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers), "--log-level", "warning"]
+
+
+def peer_app() -> Any:
+    """A trivial FastAPI app with kbq's chat and case-write routes, each doing one SQLite insert
+    (WAL, a connection per thread) of the request body, and no more: what a request costs at the least."""
+    import json
+    import secrets
+    import sqlite3
+
+    from fastapi import Body, FastAPI
+
+    path, local = os.environ["KBQ_PEER_DB"], threading.local()
+
+    def insert(session: str, body: str) -> None:
+        if not hasattr(local, "conn"):
+            local.conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+            local.conn.execute("PRAGMA journal_mode=WAL")
+            local.conn.execute("CREATE TABLE IF NOT EXISTS turns (id INTEGER PRIMARY KEY, session TEXT, body TEXT)")
+        local.conn.execute("INSERT INTO turns (session, body) VALUES (?, ?)", (session, body))
+
+    app = FastAPI()
+    insert("", "")  # the file and its table exist before the first request
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/chat")
+    def chat(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        session = body.get("session_id") or secrets.token_urlsafe(32)
+        insert(session, str(body.get("message", "")))
+        return {"session_id": session, "reply": "noted", "question": None}
+
+    @app.post("/v1/cases", status_code=201)
+    def write(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        insert("", json.dumps(body))
+        return {"created": True, "case": body, "searchable": False}
+
+    return app
+
+
+@contextmanager
+def postgres_database(base_url: str) -> Iterator[str]:
+    """A new, empty database on the server of ``base_url`` (a SQLAlchemy URL of an existing
+    database); yields its URL and drops it at the end."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    base = make_url(base_url)
+    name = f"kbq_bench_{os.getpid()}_{free_port()}"
+    admin = base.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def warm_up(url: str, clients: int) -> None:
@@ -114,17 +206,36 @@ def warm_up(url: str, clients: int) -> None:
                 client.post("/v1/query", json={"query": query}).raise_for_status()
 
 
-def drive(url: str, clients: int, duration: float) -> dict[str, float]:
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    errors = [0] * clients
+def run_clients(clients: int, duration: float, client_loop: Callable[[int, Callable[[], float]], None]) -> float:
+    """``client_loop(n, start)`` in ``clients`` threads at once: each sets up, then calls ``start()``,
+    which returns when all are set up, with the ``time.perf_counter()`` to stop at. The wall seconds."""
     start_line = threading.Barrier(clients + 1)
     stop_at = [0.0]
 
-    def client_loop(n: int) -> None:
+    def start() -> float:
+        start_line.wait()
+        return stop_at[0]
+
+    threads = [threading.Thread(target=client_loop, args=(n, start), daemon=True) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    began = time.perf_counter()
+    stop_at[0] = began + duration
+    start_line.wait()
+    for thread in threads:
+        thread.join(timeout=duration + 60)
+    return time.perf_counter() - began
+
+
+def drive(url: str, clients: int, duration: float) -> dict[str, float]:
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+
+    def client_loop(n: int, start: Callable[[], float]) -> None:
         mine, i = latencies[n], n
         with httpx.Client(base_url=url, timeout=30) as client:
-            start_line.wait()
-            while time.perf_counter() < stop_at[0]:
+            stop_at = start()
+            while time.perf_counter() < stop_at:
                 started = time.perf_counter()
                 try:
                     response = client.post("/v1/query", json={"query": QUERIES[i % len(QUERIES)]})
@@ -138,15 +249,7 @@ def drive(url: str, clients: int, duration: float) -> dict[str, float]:
                     errors[n] += 1
                 i += 1
 
-    threads = [threading.Thread(target=client_loop, args=(n,), daemon=True) for n in range(clients)]
-    for thread in threads:
-        thread.start()
-    began = time.perf_counter()
-    stop_at[0] = began + duration
-    start_line.wait()
-    for thread in threads:
-        thread.join(timeout=duration + 60)
-    wall = time.perf_counter() - began
+    wall = run_clients(clients, duration, client_loop)
     done = sorted(x for per_client in latencies for x in per_client)
     return {
         "requests": len(done),

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import yaml
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
@@ -24,6 +25,7 @@ from kb.db.schema import metadata
 from kb.db.store import CaseStore
 from kb.errors import DatabaseError
 
+from conftest import case_data
 from dbtables import table_names as _tables
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,8 +64,11 @@ def test_database_from_a_newer_kbq_says_to_upgrade_kbq(db_url: str, tmp_path: Pa
     with engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
     engine.dispose()
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    (folder / "one.yaml").write_text(yaml.safe_dump(case_data("newer-kbq-case")), encoding="utf-8")
     kb = KnowledgeBase(db=db_url, home=tmp_path / "home")
-    for attempt in (lambda: kb.search("loss nan"), kb.upgrade, lambda: kb.ingest([tmp_path]), kb.stats):
+    for attempt in (lambda: kb.search("loss nan"), kb.upgrade, lambda: kb.ingest([folder]), kb.stats):
         with pytest.raises(DatabaseError, match=r"revision 0099, newer than this kbq .* upgrade kbq, not the database"):
             attempt()
     assert migrate.current(db_url) == "0099"

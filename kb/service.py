@@ -456,9 +456,6 @@ class KnowledgeBase:
             def save(self, session_id: str, state: dict, language: str) -> None:
                 kb._interactions().save_session(session_id, state, language, int(chat_settings()["session_ttl_seconds"]))
 
-            def delete(self, session_id: str) -> None:
-                kb._interactions().delete_session(session_id)
-
         return ChatEngine(self.index, Sessions(), self._embedder)
 
     def readiness(self) -> dict[str, Any]:

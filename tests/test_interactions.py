@@ -340,3 +340,31 @@ def test_unmigrated_database_says_upgrade(db_url: str) -> None:
             store.add_feedback("q", "case-a", True)
         with pytest.raises(DatabaseError, match="has no kbq schema"):
             store.load_session("s1", now=T0)
+
+
+def test_a_waiting_writer_queues_in_the_process_not_in_sqlite(store: InteractionStore) -> None:
+    """While another thread of the process writes, a second writer does not even send its
+    BEGIN: it waits in the process's queue and is woken when the first ends. (Sent at once,
+    it would sit in SQLite's busy handler, whose growing sleeps let newcomers overtake it:
+    32 chat clients got 503 'database is locked' that way.)"""
+    from sqlalchemy import event
+
+    if sqlite_path(store.url) is None:
+        pytest.skip("SQLite's writers queue in the process; PostgreSQL's lock rows")
+    began = threading.Event()
+
+    def watch(_conn, _cursor, statement: str, *_rest) -> None:
+        if statement.lstrip().upper().startswith("BEGIN"):
+            began.set()
+
+    with InteractionStore(store.url, lock_timeout=30) as waiting:
+        event.listen(waiting.engine, "before_cursor_execute", watch)
+        with _another_thread_writing(store.url, lambda conn: None) as release:
+            writer = threading.Thread(target=lambda: waiting.add_feedback("q", "case-a", True))
+            writer.start()
+            writer.join(timeout=0.5)  # time to reach the database, were it not queued
+            assert writer.is_alive() and not began.is_set()
+            release.set()
+            writer.join(timeout=30)
+        assert began.is_set() and not writer.is_alive()
+    assert [f.case_id for f in store.list_feedback()] == ["case-a"]

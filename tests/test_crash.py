@@ -118,13 +118,13 @@ def test_killed_ingest_leaves_old_or_new_state(db_url: str, variants: dict[str, 
         assert not path.with_name(path.name + "-journal").exists()
 
 
-def test_killed_index_build_leaves_a_working_index(tmp_path: Path) -> None:
+def test_killed_index_build_leaves_a_working_index(db_url: str, tmp_path: Path) -> None:
     """A query that rebuilds the index, killed at random moments: the next query answers, and
     once a build completes no half-written build directory is left behind. (A smaller base
     than the ingest test's: what matters is where the kills land, not the size.)"""
     variants = {name: _write_variant(tmp_path / name, name, count=600) for name in ("a", "b")}
     env = _env(tmp_path / "home")
-    db = tmp_path / "kbq.db"
+    db = db_url
     assert _run(env, "ingest", variants["a"], "--db", db).returncode == 0
     index_root = tmp_path / "home" / "index"
     start = time.monotonic()

@@ -27,13 +27,12 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scale  # noqa: E402  (the generator and process measurement shared with the scale bench)
+from api_load import postgres_database  # noqa: E402  (a throwaway PostgreSQL database)
 
 GENERATE_CHUNK = 5000  # cases generated and written at a time: the bench's own memory stays flat
 
@@ -47,28 +46,6 @@ def write_cases(n: int, seed: int, cases_dir: Path, corpus: Path) -> None:
             scale.write_yaml(docs, cases_dir)
             for doc in docs:
                 handle.write(json.dumps({"id": doc["id"], "text": scale.peer_text(doc)}, ensure_ascii=False) + "\n")
-
-
-@contextmanager
-def fresh_pg_database(admin_url: str) -> Iterator[str]:
-    """A new, empty PostgreSQL database on the server of ``admin_url``; dropped afterwards."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from kb.db.engine import normalize_url
-
-    name = f"kbq_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(normalize_url(admin_url), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(normalize_url(admin_url)).set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
 
 
 def ingest_once(runner: scale.Runner, cases_dir: Path, db: str, n: int, timeout: float) -> tuple[float, float]:
@@ -118,7 +95,7 @@ def main() -> None:
         }
         if args.pg_url != "none":
             def on_postgres() -> tuple[float, float]:
-                with fresh_pg_database(args.pg_url) as url:
+                with postgres_database(args.pg_url) as url:
                     return ingest_once(runner, cases_dir, url, args.cases, timeout)
 
             contenders["kbq ingest, PostgreSQL"] = on_postgres

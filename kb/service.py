@@ -38,6 +38,7 @@ from .retriever import Filters, search
 
 if TYPE_CHECKING:
     from .models import Case
+    from .db.fastmeta import DbState
 
 DB_ENV = "KBQ_DB"
 SEMANTIC_ENV = "KBQ_SEMANTIC"
@@ -50,6 +51,13 @@ BUNDLED_HASHES_KEY = "bundled_hashes"
 def _bundled_meta(hashes: dict[str, str]) -> dict[str, str]:
     """The meta that records which bundled cases were loaded, and as what (content hashes)."""
     return {BUNDLED_IDS_KEY: json.dumps(sorted(hashes)), BUNDLED_HASHES_KEY: json.dumps(hashes, sort_keys=True)}
+
+
+def _content_hashes(cases: Iterable[Case]) -> dict[str, str]:
+    """Each case's content hash, as the store computes it for its row."""
+    from .models import document_hash
+
+    return {case.id: document_hash(case.to_document()) for case in cases}
 
 
 def bundled_fingerprint(directory: Path | None = None) -> str:
@@ -231,12 +239,12 @@ class KnowledgeBase:
         from its bundled copy is kept (the safe side: `kbq ingest` with no paths takes the
         bundled versions)."""
         from .casefiles import load_cases
-        from .models import document_hash
 
         cases = [loaded.case for loaded in load_cases([bundled_cases_dir()], include_drafts=False)]
         loaded: dict[str, str] = json.loads(meta.get(BUNDLED_HASHES_KEY, "{}"))
         previous = set(loaded) | set(json.loads(meta.get(BUNDLED_IDS_KEY, "[]")))
-        hashes = {case.id: document_hash(case.to_document()) for case in cases}
+        hashes = _content_hashes(cases)
+
         def recorded(report) -> dict[str, str]:
             # A kept case stays guarded by the hash it was loaded with (none: never loaded by us).
             kept = {i: loaded.get(i, "") for i in report.kept}
@@ -289,10 +297,7 @@ class KnowledgeBase:
         meta = {}
         if bundled:  # a few hundred files: the ids the meta records are needed before the write
             cases = list(cases)
-            from .models import document_hash
-
-            hashes = {case.id: document_hash(case.to_document()) for case in cases}
-            meta = {BUNDLED_FINGERPRINT_KEY: self.bundled_fingerprint(), **_bundled_meta(hashes)}
+            meta = {BUNDLED_FINGERPRINT_KEY: self.bundled_fingerprint(), **_bundled_meta(_content_hashes(cases))}
         with self._store() as store:
             report = store.upsert(cases, meta=meta, upgrade=upgrade)
         self._index = None
@@ -325,7 +330,7 @@ class KnowledgeBase:
         return written, as_stored
 
     # -- reading ------------------------------------------------------------------
-    def index(self, *, wait: bool = False) -> LoadedIndex:
+    def index(self, *, wait: bool = False, state: DbState | None = None) -> LoadedIndex:
         """The current index, rebuilt first if the case base or the data files changed.
 
         With an index already loaded (a server), a newer revision never makes a request
@@ -334,9 +339,10 @@ class KnowledgeBase:
         thread builds it while requests keep answering from the loaded index, a consistent
         if slightly older view, and the new one is swapped in whole (a reference
         assignment). Only a process with no index yet, or ``wait=True`` (a write asked to
-        be searchable on return), waits for a build.
+        be searchable on return), waits for a build. ``state``: the database state, when the
+        caller has just read it.
         """
-        state = self.ensure_ready()
+        state = state or self.ensure_ready()
         key = index_key(state.revision)
         current = self._index
         if current is not None and current.key == key:
@@ -460,8 +466,9 @@ class KnowledgeBase:
 
     def readiness(self) -> dict[str, Any]:
         """What the index holds, and the database revision it may lag behind (while a refresh runs)."""
-        index = self.index()
-        revision = self.ensure_ready().revision
+        state = self.ensure_ready()
+        index = self.index(state=state)
+        revision = state.revision
         return {"cases": len(index), "index_version": f"{index.key['revision']}:{index.key['data']}",
                 "revision": revision, "index_current": index.key["revision"] == revision, "database": self.describe()}
 

@@ -30,14 +30,24 @@ def base_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def kbq_argv(*args: str | os.PathLike[str]) -> list[str]:
+    """The real ``kbq`` command with ``args``, run from this checkout."""
+    return [sys.executable, "-m", "cli.main", *(os.fspath(a) for a in args)]
+
+
+def kbq(env: dict[str, str], *args: str | os.PathLike[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``kbq ARGS`` to its end, output captured as text."""
+    return subprocess.run(kbq_argv(*args), env=env, cwd=REPO, capture_output=True, text=True, encoding="utf-8",
+                          timeout=timeout)
+
+
 def start(env: dict[str, str], db: str, log: Path, *, workers: int = 1) -> tuple[subprocess.Popen, int]:
     """Start `kbq serve` on a free port and wait for /healthz; retried if the port was taken meanwhile."""
     for _ in range(3):
         port = free_port()
         with open(log, "ab") as sink:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1", "--port", str(port),
-                 "--workers", str(workers), "--db", db],
+                kbq_argv("serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--db", db),
                 env=env, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + STARTUP_TIMEOUT

@@ -14,8 +14,6 @@ import os
 import re
 import secrets
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -28,8 +26,8 @@ import httpx
 import pytest
 
 from conftest import PG_ENV, _pg_schema_url
-from serving import REPO
 from serving import base_env as _base_env
+from serving import kbq as _kbq
 from serving import start as _start
 from serving import stop as _stop
 
@@ -56,11 +54,6 @@ class Server:
     @property
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
-
-
-def _kbq(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], env=env, cwd=REPO, capture_output=True,
-                          text=True, encoding="utf-8", timeout=timeout)
 
 
 def _bundled_count() -> int:

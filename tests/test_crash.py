@@ -12,7 +12,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,8 @@ import yaml
 
 from kb.db.store import CaseStore
 
-from conftest import KBQ_ENV_PASSED_THROUGH_NEVER, case_data
+from conftest import case_data
+from serving import base_env, kbq, kbq_argv
 
 CASES = 2000  # each kill interrupts an ingest that changes this many cases
 KILLS = 20
@@ -51,25 +51,15 @@ def variants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in KBQ_ENV_PASSED_THROUGH_NEVER}
     # The lexical stage alone: the index a query rebuilds after each committed ingest
     # would otherwise embed 2,000 cases, and embedding is not what this test is about.
-    env.update({"KBQ_HOME": str(home), "KBQ_SEMANTIC": "0", "COLUMNS": "120"})
-    return env
-
-
-def _kbq(*args: str | os.PathLike[str]) -> list[str]:
-    return [sys.executable, "-m", "cli.main", *(os.fspath(a) for a in args)]
-
-
-def _run(env: dict[str, str], *args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(_kbq(*args), env=env, capture_output=True, text=True, timeout=300)
+    return base_env(home, KBQ_SEMANTIC="0")
 
 
 def _killed_run(env: dict[str, str], after: float, *args: str | os.PathLike[str]) -> None:
     """Start ``kbq ARGS`` and SIGKILL its whole process group ``after`` seconds later
     (or let it finish first)."""
-    proc = subprocess.Popen(_kbq(*args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(kbq_argv(*args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
         proc.wait(timeout=after)
@@ -90,10 +80,10 @@ def _variant_in_db(url: str) -> str:
 
 def test_killed_ingest_leaves_old_or_new_state(db_url: str, variants: dict[str, Path], tmp_path: Path) -> None:
     env = _env(tmp_path / "home")
-    first = _run(env, "ingest", variants["a"], "--db", db_url)
+    first = kbq(env, "ingest", variants["a"], "--db", db_url)
     assert first.returncode == 0, first.stderr
     start = time.monotonic()
-    full = _run(env, "ingest", variants["b"], "--db", db_url)
+    full = kbq(env, "ingest", variants["b"], "--db", db_url)
     duration = time.monotonic() - start
     assert full.returncode == 0, full.stderr
     current = "b"
@@ -104,13 +94,13 @@ def test_killed_ingest_leaves_old_or_new_state(db_url: str, variants: dict[str, 
         _killed_run(env, rng.uniform(0.05, duration), "ingest", variants[target], "--db", db_url)
         # The next command, first: a query reads the state through the stdlib sqlite3
         # reader, which must roll back whatever the killed writer left.
-        query = _run(env, "--json", "loss jumps to NaN", "--db", db_url)
+        query = kbq(env, "--json", "loss jumps to NaN", "--db", db_url)
         assert query.returncode == 0, query.stderr
         now = _variant_in_db(db_url)
         assert now in (current, target)
         outcomes["new" if now == target else "old"] += 1
         current = now
-    retry = _run(env, "ingest", variants["a" if current == "b" else "b"], "--db", db_url)
+    retry = kbq(env, "ingest", variants["a" if current == "b" else "b"], "--db", db_url)
     assert retry.returncode == 0, retry.stderr
     assert outcomes["old"] > 0, outcomes  # at least some kills landed inside the transaction
     if db_url.startswith("sqlite"):
@@ -125,20 +115,20 @@ def test_killed_index_build_leaves_a_working_index(db_url: str, tmp_path: Path) 
     variants = {name: _write_variant(tmp_path / name, name, count=600) for name in ("a", "b")}
     env = _env(tmp_path / "home")
     db = db_url
-    assert _run(env, "ingest", variants["a"], "--db", db).returncode == 0
+    assert kbq(env, "ingest", variants["a"], "--db", db).returncode == 0
     index_root = tmp_path / "home" / "index"
     start = time.monotonic()
-    assert _run(env, "--json", "loss jumps to NaN", "--db", db).returncode == 0
+    assert kbq(env, "--json", "loss jumps to NaN", "--db", db).returncode == 0
     duration = time.monotonic() - start
     rng = random.Random(7)
     current = "a"
     interrupted = 0
     for _ in range(KILLS):
         current = "a" if current == "b" else "b"
-        assert _run(env, "ingest", variants[current], "--db", db).returncode == 0
+        assert kbq(env, "ingest", variants[current], "--db", db).returncode == 0
         _killed_run(env, rng.uniform(0.05, duration), "--json", "loss jumps to NaN", "--db", db)
         interrupted += any(index_root.rglob(".build-*"))
-        query = _run(env, "--json", f"loss jumps to NaN variant {current}", "--db", db)
+        query = kbq(env, "--json", f"loss jumps to NaN variant {current}", "--db", db)
         assert query.returncode == 0, query.stderr
         leftovers = [p.name for p in index_root.rglob(".build-*")]
         assert leftovers == [], leftovers
@@ -152,13 +142,12 @@ def test_killed_server_keeps_every_acknowledged_write(db_url: str, tmp_path: Pat
     import httpx
     import threading
 
-    from serving import base_env as _base_env
     from serving import start as _start
     from serving import stop as _stop
 
     token = "crash-test-token"
-    env = _base_env(tmp_path / "home", KBQ_API_TOKEN=token, KBQ_SEMANTIC="0")
-    assert _run(env, "ingest", "--db", db_url).returncode == 0
+    env = base_env(tmp_path / "home", KBQ_API_TOKEN=token, KBQ_SEMANTIC="0")
+    assert kbq(env, "ingest", "--db", db_url).returncode == 0
     auth = {"Authorization": f"Bearer {token}"}
     ids = [f"{PREFIX}api-{k}" for k in range(4)]
     acknowledged: dict[str, int] = {}  # case id -> highest version answered 200/201

@@ -290,7 +290,9 @@ def list_command(
             raise KbqError(f"--status must be 'reviewed' or 'draft', got '{status}'")
         cases = _kb(db).cases(Filters(model=model, framework=framework, tag=tag), status=status)
         if as_json:
-            _emit_json([{k: c.get(k) for k in ("id", "title", "status", "phase", "model", "framework", "tags", "sources")} for c in cases])
+            from kb.listing import case_rows
+
+            _emit_json(case_rows(cases))
         else:
             from cli.render import render_case_list
 
@@ -444,6 +446,21 @@ def serve_command(
 
         say(f"kbq API on http://{host}:{port} (docs at /docs) over {kb.describe()}, {workers} worker(s)", err=True)
         uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
+
+
+@app.command("mcp")
+def mcp_command(
+    http: bool = typer.Option(False, "--http", help="Serve streamable HTTP on 127.0.0.1 instead of stdio."),
+    port: Optional[int] = typer.Option(None, "--port", min=1, max=65535, help="Port for --http (default 8765)."),
+    db: Optional[str] = DbOption,
+) -> None:
+    """Serve the case base to coding agents (Claude Code, Cursor, Codex...) over MCP, on stdio by default."""
+    with failures():
+        if port is not None and not http:
+            raise UsageError("--port applies to --http only; the default transport is stdio")
+        from api.mcp_server import DEFAULT_HTTP_PORT, serve
+
+        serve(_kb(db), http=http, port=port or DEFAULT_HTTP_PORT)
 
 
 @app.command("feedback")

@@ -143,8 +143,8 @@ class Notices:
 
     def report(self) -> None:
         with self._lock:
-            pending, self.kb.notices[:] = list(self.kb.notices), []
-            for notice in pending:
+            while self.kb.notices:  # pop, not copy-and-clear: a call on another thread may be adding one
+                notice = self.kb.notices.pop(0)
                 if notice not in self._said:
                     self._said.add(notice)
                     _stderr(f"kbq: note: {notice}")

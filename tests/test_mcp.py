@@ -401,3 +401,18 @@ def test_streamable_http_serves_the_same_tools(env: dict[str, str], tmp_path: Pa
     assert error_line(missing) == unknown_id
     output = log.read_text(encoding="utf-8")
     assert f"http://127.0.0.1:{port}/mcp" in output and "Traceback" not in output
+
+
+# -- the other commands stay light ----------------------------------------------------
+
+
+def test_other_commands_start_without_importing_the_sdk(env: dict[str, str]) -> None:
+    """`kbq mcp` imports the SDK itself; a query (cold start matters) and --help never do."""
+    for args in ([GEMMA_QUERY], ["--help"]):
+        done = subprocess.run([kbq_argv()[0], "-X", "importtime", *kbq_argv(*args)[1:]], env=env, cwd=REPO,
+                              capture_output=True, text=True, encoding="utf-8", timeout=SESSION_TIMEOUT)
+        assert done.returncode == 0, done.stderr
+        imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
+        assert "cli" in imported and "typer" in imported
+        assert [name for name in imported if name.split(".")[0] == "mcp" or name == "api.mcp_server"] == [], args
+    assert "mcp" in done.stdout  # the command is listed

@@ -88,7 +88,9 @@ def create_app(kb: KnowledgeBase | None = None) -> FastAPI:
         "and feedback reads need `Authorization: Bearer <KBQ_API_TOKEN>` and are off (403) on a server without "
         "a token. Bodies over 1 MiB get 413 however they are sent; query parameters must be UTF-8 (else 400), "
         "and text must hold no binary control characters (else 422).",
+        docs_url=None, redoc_url=None,  # api.web serves /docs with local assets
     )
+    app.state.kb = knowledge
     app.add_middleware(PlainQueryString)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     origins = [o.strip() for o in os.environ.get("KBQ_CORS_ORIGINS", "").split(",") if o.strip()]
@@ -280,6 +282,9 @@ def create_app(kb: KnowledgeBase | None = None) -> FastAPI:
                       "total_tokens": prompt_tokens + completion_tokens},
         }
 
+    from .web import attach as attach_web  # here: it imports this module
+
+    attach_web(app)  # the pages, the docs with local assets; last, so its error pages wrap every refusal
     return app
 
 

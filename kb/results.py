@@ -13,6 +13,15 @@ from .similarity import FeatureScore
 SCHEMA = "kbq.search/1"
 
 
+def value_text(value: Any) -> str:
+    """A feature value as people read it (terminal or page): lists joined, floats without trailing zeros."""
+    if isinstance(value, list):
+        return ", ".join(value_text(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
 @dataclass
 class TextBreakdown:
     score: float          # cosine of query and case text, 0..1

@@ -75,6 +75,10 @@ def test_wheel_contents(wheel: Path) -> None:
         "kb/service.py",
         "cli/main.py",
         "cli/render.py",
+        "api/web/templates/search.html",
+        "api/web/templates/case.html",
+        "api/web/static/app.css",
+        "api/web/static/app.js",
     ):
         assert required in names, required
     assert not any(n.startswith("tests/") for n in names)

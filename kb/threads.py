@@ -131,14 +131,14 @@ class Clash:
     other_where: str | None = None
 
     def summary(self) -> str:
-        """'<source>' is the thread of case '<other>' (<its spelling>, <where it is>)."""
+        """'<source>' is already a source of case '<other>' (<its spelling there>, <where it is>)."""
         notes = [note for note in (self.other_source if self.source != self.other_source else None, self.other_where) if note]
-        return f"'{self.source}' is the thread of case '{self.other_id}'" + (f" ({', '.join(notes)})" if notes else "")
+        return f"'{self.source}' is already a source of case '{self.other_id}'" + (f" ({', '.join(notes)})" if notes else "")
 
     def message(self, where: str) -> str:
         """One line for ``where`` (a file, ``request body``) naming both cases."""
-        return (f"{where}: field 'sources': {self.summary()}; case '{self.case_id}' would document it "
-                "a second time: merge the two cases, or drop the source")
+        return (f"{where}: field 'sources': {self.summary()}; case '{self.case_id}' would document "
+                "that thread a second time: merge the two cases, or drop the source")
 
 
 def _clashing(first: bool, other_first: bool) -> bool:

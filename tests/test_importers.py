@@ -152,7 +152,9 @@ def test_github_list_of_threads_and_cli_out_dir(tmp_path):
 @pytest.mark.parametrize(
     "content,message",
     [("{not json", "not valid JSON"), ('{"body": "no title"}', "field 'title'"), ("[1, 2]", "expected an issue object"),
-     ('{"title": "t", "url": "https://github.com/a/b/issues/1", "comments": "x"}', "field 'comments'")],
+     ('{"title": "t", "url": "https://github.com/a/b/issues/1", "comments": "x"}', "field 'comments'"),
+     ('{"title": "t", "url": "https://github.com/a/b/issues/1", "body": ["x"]}', "field 'body'"),
+     ('{"title": "t", "url": "https://github.com/a/b/issues/1", "comments": [{"body": 3}]}', "field 'comments[0].body'")],
 )
 def test_github_bad_input_is_one_line(tmp_path, content, message):
     path = tmp_path / "bad.json"

@@ -124,8 +124,13 @@ def parse_issue(issue: dict[str, Any], where: str, lexicon: Lexicon) -> Case:
     case_id = slugify(f"{thread.repo}-{thread.number}") if thread else slugify(issue["title"])
     body = issue.get("body") or ""
     comments = issue.get("comments") or []
+    if not isinstance(body, str):
+        raise CaseFileError(f"{where}: field 'body': expected text")
     if not isinstance(comments, list) or not all(isinstance(c, dict) for c in comments):
         raise CaseFileError(f"{where}: field 'comments': expected a list of comment objects")
+    for position, comment in enumerate(comments):
+        if not isinstance(comment.get("body") or "", str):
+            raise CaseFileError(f"{where}: field 'comments[{position}].body': expected text")
     people = [c for c in comments if not is_bot(c)]
     parts_of_body = split_body(body)
     libraries, accelerator = read_environment(parts_of_body.environment or body, lexicon)

@@ -35,7 +35,7 @@ ERROR_CHARS = 300  # the longest error line a symptom keeps
 
 _FENCE = re.compile(r"^\s{0,3}(`{3,}|~{3,})")
 _MD_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.*?)[\s#]*$")
-_BOLD_HEADING = re.compile(r"^\s*(?:\*\*|__)([^*_].*?)(?:\*\*|__)\s*[:：]?\s*$")
+_BOLD_HEADING = re.compile(r"^\s*\*\*([^*].*?)\*\*\s*[:：]?\s*$")
 _LEADING_SYMBOLS = re.compile(r"^[^\w一-鿿]+")
 _REMARK = re.compile(r"\s*[(（][^)）]*[)）]")
 _TRAILING = re.compile(r"[\s:：.。?？!！…*_]+$")

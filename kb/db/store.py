@@ -274,10 +274,11 @@ def _refuse_existing(conn: Connection, batch: list[Case]) -> None:
         raise ConflictError(f"case '{taken[0]}' already exists; use PUT /v1/cases/{taken[0]} to revise it")
 
 
-# Up to this many written cases, only the stored cases whose JSON contains one of their
-# threads' search tokens are read (a POST reads a few rows, not the base); more, and every
-# case's sources are read once.
-_FEW_WRITTEN = 32
+# Up to this many search tokens (a POST of a case with a source or three), the check reads only
+# the stored cases whose JSON contains one: one LIKE scan of the documents per token, each
+# cheaper than reading every case's sources (json_extract) and keying them in Python, which is
+# what a larger write does, once.
+_FEW_TOKENS = 3
 
 
 def _refuse_shared_threads(conn: Connection, written: list[str]) -> None:
@@ -302,10 +303,10 @@ def _thread_candidates(conn: Connection, written: list[str]) -> Iterator[tuple[s
     from kb.threads import search_token
 
     sources = CaseRow.document["sources"]
-    if len(written) <= _FEW_WRITTEN:
+    if len(written) <= _FEW_TOKENS:
         own = list(conn.execute(select(CaseRow.id, sources).where(CaseRow.id.in_(written))))
         tokens = {search_token(source) for _, listed in own for source in listed or []}
-        if None not in tokens:
+        if None not in tokens and len(tokens) <= _FEW_TOKENS:
             text = cast(CaseRow.document, Text)
             others = conn.execute(select(CaseRow.id, sources).where(
                 CaseRow.id.not_in(written), or_(*(text.contains(token, autoescape=True) for token in sorted(tokens)))))

@@ -206,7 +206,9 @@ def synth_case(vocab: Vocabulary, seed: int, i: int) -> dict[str, Any]:
     if rng.random() < 0.3:
         observations.append({"metric": rng.choice(vocab.metrics), "value": _num(rng, 0.01, 100.0), "when": "other", "context": "symptom"})
     repo = rng.choice(vocab.repos)
-    sources = [f"https://github.com/{repo}/issues/{rng.randint(1, 12000)}"]
+    rng.randint(1, 12000)  # the issue number once drawn here: still drawn, so the draws after it are unchanged
+    # One thread per case, beyond any real issue number: ingest refuses a second case of a thread.
+    sources = [f"https://github.com/{repo}/issues/{10_000_000 + i}"]
     if rng.random() < 0.3:
         sources.append(f"{rng.getrandbits(64):016x}.txt")
     doc = {

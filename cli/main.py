@@ -345,9 +345,15 @@ def export_command(
                 f"{shown_ids}; `kbq ingest` of their files names what to fix", err=True)
 
 
-def _write_drafts(cases, out: Optional[Path], overwrite: bool) -> None:
+def _write_drafts(cases, out: Optional[Path], overwrite: bool, db: Optional[str], keep_duplicates: bool) -> None:
     from kb.casefiles import case_yaml, write_cases
+    from kb.importers import screen
+    from kb.threads import known_threads
 
+    known = known_threads(_kb(db), [out] if out is not None and out.is_dir() else [])
+    cases, notes = screen(cases, known, keep_duplicates=keep_duplicates)
+    for note in notes:
+        say(f"kbq: note: {note}", err=True)
     if out is None:
         sys.stdout.write("---\n".join(case_yaml(case) for case in cases))
         return
@@ -358,6 +364,8 @@ def _write_drafts(cases, out: Optional[Path], overwrite: bool) -> None:
 
 OutOption = typer.Option(None, "--out", help="Write one <id>.yaml per draft into this directory instead of printing YAML.")
 OverwriteOption = typer.Option(False, "--overwrite", help="Replace files that already exist in --out.")
+DuplicatesOption = typer.Option(False, "--allow-duplicates",
+                                help="Also write drafts of threads that a case (bundled, stored or in --out) already documents.")
 
 
 @import_app.command("article")
@@ -365,25 +373,29 @@ def import_article_command(
     files: List[Path] = typer.Argument(..., metavar="FILE...", help="Write-ups: plain text or Markdown, Chinese or English."),
     out: Optional[Path] = OutOption,
     overwrite: bool = OverwriteOption,
+    allow_duplicates: bool = DuplicatesOption,
+    db: Optional[str] = DbOption,
 ) -> None:
     """Draft a case from each troubleshooting article (status: draft, for review)."""
     from kb.importers import drafts_from_articles
 
     with failures():
-        _write_drafts(drafts_from_articles(list(files)), out, overwrite)
+        _write_drafts(drafts_from_articles(list(files)), out, overwrite, db, allow_duplicates)
 
 
 @import_app.command("github")
 def import_github_command(
-    files: List[Path] = typer.Argument(..., metavar="FILE.json...", help="`gh issue view N --json title,body,comments,labels,url,createdAt` output."),
+    files: List[Path] = typer.Argument(..., metavar="FILE.json...", help="`gh issue view N --json title,body,author,comments,labels,url,createdAt` output."),
     out: Optional[Path] = OutOption,
     overwrite: bool = OverwriteOption,
+    allow_duplicates: bool = DuplicatesOption,
+    db: Optional[str] = DbOption,
 ) -> None:
     """Draft a case from each GitHub issue thread (status: draft, for review)."""
     from kb.importers import drafts_from_github
 
     with failures():
-        _write_drafts(drafts_from_github(list(files)), out, overwrite)
+        _write_drafts(drafts_from_github(list(files)), out, overwrite, db, allow_duplicates)
 
 
 @app.command("review")
@@ -397,11 +409,14 @@ def review_command(
 
     from kb.paths import bundled_cases_dir
     from kb.review import review_documents, review_files
+    from kb.threads import known_threads
 
     with failures():
         kb = _kb(db)
-        reports = review_files(list(paths) if paths else [bundled_cases_dir()])
-        reports += review_documents(kb.cases(status="draft"), kb.describe())
+        folders = list(paths) if paths else [bundled_cases_dir()]
+        known = known_threads(kb, folders)
+        reports = review_files(folders, known)
+        reports += review_documents(kb.cases(status="draft"), kb.describe(), known)
         if as_json:
             _emit_json([asdict(r) for r in reports])
         else:

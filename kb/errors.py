@@ -38,3 +38,12 @@ class NotFoundError(KbqError):
 
 class ConflictError(KbqError):
     """A write that would overwrite something the caller said was new."""
+
+
+class DuplicateThreadError(ConflictError):
+    """A case whose source thread another case already documents (see kb.threads); ``clash``
+    says which, so a door can name the file or the request the case came from."""
+
+    def __init__(self, message: str, clash=None):
+        super().__init__(message)
+        self.clash = clash

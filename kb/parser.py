@@ -55,9 +55,15 @@ _NOT_LR_WORD_BEFORE = re.compile(
 _PROCESS_RANK_BEFORE = re.compile(r"(?:local|global|world|process|node|on|from|of|at|in|every|each|other|all|by)[\s_\-]*$")
 # Counts in launch settings: 'CUDA_VISIBLE_DEVICES=0,1,2,3' names four devices.
 _VISIBLE_DEVICES = re.compile(r"(?:cuda|ascend_rt|hip|npu)_visible_devices\s*[=:]\s*[\"']?(\d+(?:\s*,\s*\d+)*)")
-# A vendor or series word between a count and an accelerator name: '2 x nvidia a100', '4 x rtx 3090'.
+# A vendor or series word between a count and an accelerator name: '2 x nvidia a100', '4 x rtx 3090',
+# '两张 A100' (a Chinese numeral of one character: '十六张' is not six; '两台 4090' are two machines).
 _COUNT_BEFORE_ACCELERATOR = re.compile(
-    r"(?<![0-9.])(\d+)\s*(?:x|张|块|台|\*)?\s*(?:(?:nvidia|geforce|rtx|gtx|tesla|huawei|华为)[\s\-]*){0,2}$"
+    r"(?<![0-9.一二三四五六七八九十百])(?:(\d+)\s*(?:x|张|块|台|\*)?|([单双两二三四五六七八十])\s*(?:张|块|个)?)\s*"
+    r"(?:(?:nvidia|geforce|rtx|gtx|tesla|huawei|华为|英伟达)[\s\-]*){0,2}$"
+)
+# A count after the accelerator name, its memory size between: 'a800*8', 'h100 80gb x 8'.
+_COUNT_AFTER_ACCELERATOR = re.compile(
+    r"(?:[\s\-]*\d+\s*gb?)?\s*[x×*]\s*(\d+)(?![0-9.])(?!\s*(?:gb?|b|nodes?|machines?|servers?|台|机|节点)(?![a-z]))"
 )
 _MODEL_SIZE = re.compile(r"(?<![a-z0-9.])(?:(\d+)\s*x\s*)?(\d+(?:\.\d+)?)\s*b(?![a-z0-9])")
 _ZERO_STAGE = re.compile(r"zero[\s_\-]*(?:optimization)?[\s_\-\"':=]*stage[\s_\-\"':=]*([0-3])\b")
@@ -160,10 +166,13 @@ def extract_gpu_count(norm: str, lexicon: Lexicon, accelerators: list[Match]) ->
         counts.append(int(match.group(1)))
     for match in re.finditer(rf"([单双两二三四五六七八十])\s*(?:张|块|台|个)?\s*(?:{unit})", norm):
         counts.append(_CHINESE_DIGITS[match.group(1)])
-    for acc in accelerators:  # '8 x a100', '8张a100', '2x a100-80g', '4 x rtx 3090'
+    for acc in accelerators:  # '8 x a100', '8张a100', '2x a100-80g', '4 x rtx 3090', '两张a100', 'a800*8'
         number = _COUNT_BEFORE_ACCELERATOR.search(norm, max(0, acc.start - 24), acc.start)
         if number:
-            counts.append(int(number.group(1)))
+            counts.append(int(number.group(1)) if number.group(1) else _CHINESE_DIGITS[number.group(2)])
+        after = _COUNT_AFTER_ACCELERATOR.match(norm, acc.end)
+        if after:
+            counts.append(int(after.group(1)))
     if lexicon.has_cue("gpu_count"):  # 'GPU number: 8', 'num_gpus=8', '--nproc_per_node 8'
         counts.extend(int(float(raw)) for raw in _numbers_after_cue(norm, lexicon, "gpu_count") if re.fullmatch(r"\d+", raw))
     for match in _VISIBLE_DEVICES.finditer(norm):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import Iterator
 
 # Up to this many characters, a query without line breaks is taken as typed.
 SHORT_QUERY_CHARS = 300
@@ -217,9 +218,9 @@ def _drop_hex(match: re.Match[str]) -> str:
     return " " if has_letter and any(c.isdigit() for c in token) else token
 
 
-def _drop_tracebacks(lines: list[str]) -> list[str]:
-    """Keep each traceback's final error line; drop the header, the frames and their source lines."""
-    kept: list[str] = []
+def _traceback_lines(lines: list[str]) -> Iterator[tuple[str, bool]]:
+    """The lines outside tracebacks, each with whether it is the error line that ends one;
+    the header, the frames and their source lines are left out."""
     state = "text"  # "text", "trace" (inside a traceback) or "frame" (just after a frame line)
     for line in lines:
         if line.lstrip().startswith(_TB_STARTS):
@@ -229,6 +230,7 @@ def _drop_tracebacks(lines: list[str]) -> list[str]:
             if _TB_FRAME.match(line):
                 state = "frame"
                 continue
+        ends = state != "text"
         if state == "frame":
             state = "trace"
             # The line under a frame is its source (indented or not, depending on how the
@@ -240,8 +242,17 @@ def _drop_tracebacks(lines: list[str]) -> list[str]:
             if not line.strip() or line[:1].isspace():
                 continue  # carets, wrapped source, '[Previous line repeated ...]'
             state = "text"  # the exception line ends the traceback
-        kept.append(line)
-    return kept
+        yield line, ends
+
+
+def _drop_tracebacks(lines: list[str]) -> list[str]:
+    """Keep each traceback's final error line; drop the header, the frames and their source lines."""
+    return [line for line, _ in _traceback_lines(lines)]
+
+
+def traceback_errors(text: str) -> list[str]:
+    """The error line that ends each Python traceback in ``text`` (rank tags removed), in order."""
+    return [line.strip() for line, ends in _traceback_lines(_RANK_TAG.sub("", text).split("\n")) if ends]
 
 
 def clean_report(text: str) -> str:

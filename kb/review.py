@@ -1,10 +1,18 @@
-"""What a reviewer should check before a draft case becomes an answer."""
+"""What a reviewer should check before a draft case becomes an answer.
+
+First of all: whether the thread the draft was made from is a case already (under another
+id, or linked under a repository's old name: kb.threads). Such a draft is listed with the
+case it duplicates, for the reviewer to merge what it adds into that case and drop it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .threads import ThreadIndex
 
 MIN_SYMPTOM_CHARS = 80
 
@@ -15,6 +23,7 @@ class DraftReport:
     title: str
     location: str
     findings: list[str]
+    duplicate_of: str | None = None  # the id of the case that documents the draft's thread already
 
 
 def findings(case: dict[str, Any]) -> list[str]:
@@ -41,16 +50,21 @@ def findings(case: dict[str, Any]) -> list[str]:
     return notes
 
 
-def review_files(paths: list[Path]) -> list[DraftReport]:
+def _report(document: dict[str, Any], location: str, known: ThreadIndex | None) -> DraftReport:
+    notes = findings(document)
+    clash = known.clash(document["id"], document.get("sources") or []) if known is not None else None
+    if clash is not None:
+        notes.insert(0, f"duplicate: {clash.summary()}; merge what this draft adds into that case and drop the draft")
+    return DraftReport(document["id"], document["title"], location, notes, clash.other_id if clash else None)
+
+
+def review_files(paths: list[Path], known: ThreadIndex | None = None) -> list[DraftReport]:
+    """The drafts among the case files in ``paths``; with ``known``, those whose thread is a case already say so."""
     from .casefiles import load_cases
 
-    reports = []
-    for loaded in load_cases(paths, include_drafts=True):
-        if loaded.case.status == "draft":
-            document = loaded.case.to_document()
-            reports.append(DraftReport(document["id"], document["title"], str(loaded.path), findings(document)))
-    return reports
+    return [_report(loaded.case.to_document(), str(loaded.path), known)
+            for loaded in load_cases(paths, include_drafts=True) if loaded.case.status == "draft"]
 
 
-def review_documents(documents: list[dict[str, Any]], location: str) -> list[DraftReport]:
-    return [DraftReport(d["id"], d["title"], location, findings(d)) for d in documents if d.get("status") == "draft"]
+def review_documents(documents: list[dict[str, Any]], location: str, known: ThreadIndex | None = None) -> list[DraftReport]:
+    return [_report(d, location, known) for d in documents if d.get("status") == "draft"]

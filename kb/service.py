@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
@@ -298,8 +298,17 @@ class KnowledgeBase:
         if bundled:  # a few hundred files: the ids the meta records are needed before the write
             cases = list(cases)
             meta = {BUNDLED_FINGERPRINT_KEY: self.bundled_fingerprint(), **_bundled_meta(_content_hashes(cases))}
-        with self._store() as store:
-            report = store.upsert(cases, meta=meta, upgrade=upgrade)
+        from .errors import DuplicateThreadError
+
+        try:
+            with self._store() as store:
+                report = store.upsert(cases, meta=meta, upgrade=upgrade, distinct_threads=True)
+        except DuplicateThreadError as err:  # named by file: the case's, and the other's if it is one of them
+            def file_of(case_id: str) -> Path | None:
+                return next((path for path in files if path.stem == case_id), None)
+
+            clash = replace(err.clash, other_where=str(file_of(err.clash.other_id) or f"stored in {self.describe()}"))
+            raise DuplicateThreadError(clash.message(str(file_of(clash.case_id))), clash) from None
         self._index = None
         return report, drafts
 
@@ -422,11 +431,23 @@ class KnowledgeBase:
         if case_id is not None and case.id != case_id:
             raise CaseFileError(f"request body: field 'id': '{case.id}' does not match the case id in the URL '{case_id}'")
         self.ensure_ready()
-        with self._store() as store:
-            report = store.upsert([case], new_only=create)
+        from .errors import DuplicateThreadError
+
+        try:
+            with self._store() as store:
+                report = store.upsert([case], new_only=create, distinct_threads=True)
+        except DuplicateThreadError as err:
+            raise DuplicateThreadError(err.clash.message("request body"), err.clash) from None
         if wait or self._index is not None:
             self.index(wait=wait)  # without wait this only starts the refresh; with no index yet, a search builds it
         return self.get(case.id), bool(report.added)
+
+    def case_sources(self) -> list[tuple[str, str, list[str]]]:
+        """(id, status, sources) of every stored case: what the importers and review check
+        a draft's thread against (kb.threads)."""
+        self.ensure_ready()
+        with self._store() as store:
+            return store.sources()
 
     def page(self, *, limit: int, offset: int, filters: Filters = Filters(), status: str | None = None) -> tuple[int, list[dict[str, Any]]]:
         cases = self.cases(filters, status=status)

@@ -587,6 +587,24 @@ def test_create_query_conflict_revise(api: httpx.Client, server: Server) -> None
     assert api.get("/readyz").json()["cases"] == before + 1
 
 
+@pytest.mark.parametrize("method", ["post", "put"])
+def test_case_of_a_thread_that_is_a_case_already_is_409(api: httpx.Client, server: Server, method: str) -> None:
+    """The bundled Gemma case documents LlamaFactory issue 7416; a new case linking the same
+    thread under the repository's old name is refused, naming both cases, and nothing changes."""
+    case_id = f"api-dup-{uuid.uuid4().hex[:8]}"
+    case = _new_case(api, case_id, _words())
+    case["sources"] = ["https://github.com/hiyouga/LLaMA-Factory/issues/7416#issuecomment-2741234567"]
+    revision = api.get("/readyz").json()["revision"]
+    sent = api.post("/v1/cases", json=case, headers=server.auth) if method == "post" else \
+        api.put(f"/v1/cases/{case_id}", json=case, headers=server.auth)
+    assert sent.status_code == 409, sent.text
+    error = _error_of(sent)
+    assert error["code"] == "conflict"
+    assert f"case '{GEMMA_CASE}'" in error["message"] and f"case '{case_id}'" in error["message"]
+    assert api.get(f"/v1/cases/{case_id}").status_code == 404
+    assert api.get("/readyz").json()["revision"] == revision
+
+
 def test_write_answers_once_committed_and_becomes_searchable(api: httpx.Client, server: Server) -> None:
     """Without refresh=wait_for a write answers once committed (searchable: false); the index
     refresh it starts then makes it searchable, with no further write or request needed."""

@@ -67,3 +67,16 @@ def test_unique_sources(cases):
         for source in case.sources:
             assert source not in seen, f"{source} in {case.id} and {seen.get(source)}"
             seen[source] = case.id
+
+
+def test_no_two_cases_document_one_thread(cases):
+    """As ingest checks it (kb.threads): however a thread is spelled, and under a renamed
+    repository's old or new name, no case's first source is among another case's sources."""
+    from kb.threads import ThreadIndex, thread_key
+
+    index = ThreadIndex()
+    for case in cases.values():
+        index.add(case.id, case.sources)
+    assert index.clash_among(sorted(cases)) is None
+    keys = [thread_key(source) for case in cases.values() for source in case.sources]
+    assert len(keys) == len(set(keys))  # not even a later source is shared today

@@ -256,3 +256,81 @@ def test_two_first_ingests_at_once_both_succeed(tmp_path: Path, kbq_home: Path, 
                                f"{CONCURRENT_CASES} added, 0 updated, 0 unchanged"], outputs
             with CaseStore(url) as store:
                 assert store.counts() == {"reviewed": CONCURRENT_CASES}
+
+
+# -- one thread, one case: ingest and the API's writes refuse a second case of a thread ------------
+
+CURRENT_NAME = "https://github.com/hiyouga/LlamaFactory/issues/7416"
+OLD_NAME = "https://github.com/hiyouga/LLaMA-Factory/issues/7416#issuecomment-2741234567"
+
+
+def test_ingest_refuses_a_new_case_of_a_stored_thread(tmp_path: Path, db_url: str, kbq_home: Path) -> None:
+    assert "1 added" in ingest(write_case_files(tmp_path / "a", ["llamafactory-7416"], sources=[CURRENT_NAME]), db_url).stdout
+    before = database_rows(db_url)
+    later = write_case_files(tmp_path / "b", ["an-unrelated-case"])
+    write_case_files(later, ["llama-factory-7416"], sources=[OLD_NAME])
+
+    result = ingest(later, db_url)
+    assert result.exit_code == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"kbq: error: {later / 'llama-factory-7416.yaml'}: field 'sources': '{OLD_NAME}'"), line
+    assert "case 'llamafactory-7416'" in line and "case 'llama-factory-7416'" in line and "stored in" in line
+    assert database_rows(db_url) == before  # the unrelated case is not written either
+
+
+def test_ingest_refuses_two_cases_of_one_thread_in_one_run(tmp_path: Path, db_url: str, kbq_home: Path) -> None:
+    """Forty files, so every stored case's sources are read (not only those sharing a token)."""
+    directory = write_case_files(tmp_path / "cases", [f"case-{i:02d}" for i in range(40)])
+    write_case_files(directory, ["case-03"], sources=["https://github.com/o/r/issues/31"])
+    write_case_files(directory, ["case-35"], sources=["https://github.com/O/R/pull/31/files"])
+    result = ingest(directory, db_url)
+    assert result.exit_code == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"kbq: error: {directory / 'case-35.yaml'}: field 'sources'"), line
+    assert f"case 'case-03' (https://github.com/o/r/issues/31, {directory / 'case-03.yaml'})" in line
+    assert not table_names(db_url) & {"cases", "kbq_meta"}
+
+
+def test_cases_may_share_a_later_source_and_be_revised(tmp_path: Path, db_url: str, kbq_home: Path) -> None:
+    """One pull request may fix two problems: a shared later source is no clash; nor is a case's own revision."""
+    directory = write_case_files(tmp_path / "cases", ["first"], sources=[CURRENT_NAME, "https://github.com/o/r/pull/5"])
+    write_case_files(directory, ["second"], sources=["https://github.com/o/r/issues/7", "https://github.com/o/r/pull/5/"])
+    assert "2 added" in ingest(directory, db_url).stdout
+    write_case_files(directory, ["first"], sources=[OLD_NAME, "https://github.com/o/r/pull/5"], title="first, revised")
+    assert "1 updated, 1 unchanged" in ingest(directory, db_url).stdout
+
+
+@pytest.mark.parametrize("first,second", [
+    ([CURRENT_NAME], [OLD_NAME]),
+    (["排查笔记-显存不足.md", CURRENT_NAME], ["排查笔记-显存不足.md"]),  # stored as \\u escapes in the JSON
+    (["002_1df62d3820df2b03.txt"], ["https://github.com/o/r/issues/8", "002_1df62d3820df2b03.txt"]),
+], ids=["renamed-repository", "chinese-file-name", "first-source-of-the-stored-case"])
+def test_api_write_of_a_known_thread_is_a_conflict(tmp_path: Path, db_url: str, kbq_home: Path, first, second) -> None:
+    from kb.errors import ConflictError
+
+    kb = KnowledgeBase(db=db_url, home=kbq_home)
+    kb.ingest([write_case_files(tmp_path / "cases", ["stored-case", "other-case"], sources=first)
+               .joinpath("stored-case.yaml"), write_case_files(tmp_path / "more", ["other-case"])])
+    before = database_rows(db_url)
+    with pytest.raises(ConflictError) as refused:
+        kb.put_case(case_data("posted-case", sources=second), create=True)
+    message = str(refused.value)
+    assert message.startswith("request body: field 'sources':") and "\n" not in message
+    assert "case 'stored-case'" in message and "case 'posted-case'" in message
+    assert database_rows(db_url) == before
+    revised, created = kb.put_case(case_data("stored-case", sources=first, title="revised"), case_id="stored-case")
+    assert revised["title"] == "revised" and not created
+
+
+def test_a_clash_stored_before_the_check_does_not_block_unchanged_files(tmp_path: Path, db_url: str, kbq_home: Path) -> None:
+    """Two cases of one thread stored by an older kbq: ingesting their unchanged files again works;
+    changing one of them is refused until the clash is resolved."""
+    directory = write_case_files(tmp_path / "cases", ["older-a"], sources=[CURRENT_NAME])
+    write_case_files(directory, ["older-b"], sources=[OLD_NAME])
+    migrate.upgrade(db_url)
+    with CaseStore(db_url) as store:  # as kbq wrote them before it checked threads
+        store.upsert(casefiles.read_case(path) for path in sorted(directory.iterdir()))
+    assert "0 added, 0 updated, 2 unchanged" in ingest(directory, db_url).stdout
+    write_case_files(directory, ["older-b"], sources=[OLD_NAME], title="edited")
+    refused = ingest(directory, db_url)
+    assert refused.exit_code == 1 and "case 'older-a'" in refused.stderr and "case 'older-b'" in refused.stderr

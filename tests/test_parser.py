@@ -220,10 +220,18 @@ def test_learning_rates(text, expected, lexicon, stopwords):
         ("nproc_per_node=8", [8]),
         ("torchrun --nproc_per_node 4 train.py", [4]),
         ("CUDA_VISIBLE_DEVICES=0,1,2,3 python train.py", [4]),
+        ("两张A100跑全参", [2]),
+        ("机器是 A800*8", [8]),
+        ("on H100 80GB x 8", [8]),
     ],
 )
 def test_gpu_counts_in_report_notation(text, expected, lexicon, stopwords):
     assert features(text, lexicon, stopwords)["gpu_count"] == expected
+
+
+@pytest.mark.parametrize("text,wrong", [("十六张A100", 6), ("A100 x 2 nodes", 2), ("A100 x 80GB", 80)])
+def test_numbers_near_an_accelerator_that_are_not_its_count(text, wrong, lexicon, stopwords):
+    assert wrong not in features(text, lexicon, stopwords).get("gpu_count", [])
 
 
 def test_version_numbers_are_not_gpu_counts(lexicon, stopwords):

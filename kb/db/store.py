@@ -86,6 +86,7 @@ class CaseStore(StoreBase):
         upgrade: bool = False,
         guard: Mapping[str, str] | None = None,
         new_only: bool = False,
+        distinct_threads: bool = False,
     ) -> IngestReport:
         """Insert, update and remove cases and set meta keys, all or nothing.
 
@@ -106,6 +107,10 @@ class CaseStore(StoreBase):
         and listed in ``report.kept``; the check runs inside the write transaction.
         ``new_only`` (POST /v1/cases) refuses, with ConflictError, any id already stored,
         checked in the same transaction so two concurrent creations cannot both succeed.
+        ``distinct_threads`` (ingest, the API) refuses, with DuplicateThreadError, an added or
+        changed case whose source thread another case documents (kb.threads), checked last, on
+        what the transaction would commit. An unchanged case is not checked again: a clash
+        stored before the check existed does not block every later ingest of its file.
         """
         if isinstance(remove_ids, str):
             raise TypeError("remove_ids must be a collection of ids, not one string")
@@ -113,7 +118,7 @@ class CaseStore(StoreBase):
 
         report = IngestReport()
         now = datetime.now(timezone.utc)
-        written: set[str] = set()
+        written: dict[str, None] = {}  # the ids written, in order
         removing = set(removals)
         with self._write(upgrade=upgrade) as conn:
             for batch in _chunks(cases, BATCH):
@@ -128,6 +133,9 @@ class CaseStore(StoreBase):
                 report.removed += gone
                 if gone:
                     conn.execute(delete(CaseRow).where(CaseRow.id.in_(gone)))
+            if distinct_threads:
+                changed = set(report.added) | set(report.updated)
+                _refuse_shared_threads(conn, [case_id for case_id in written if case_id in changed])
             values = meta(report) if callable(meta) else (meta or {})  # a callable sees what was kept
             if REVISION_KEY in values:
                 raise ValueError(f"meta key {REVISION_KEY!r} is managed by the store")
@@ -156,6 +164,12 @@ class CaseStore(StoreBase):
             query = query.where(CaseRow.status == status)
         with self._read() as conn:
             return [_stored(row) for row in conn.execute(query)]
+
+    def sources(self) -> list[tuple[str, str, list[str]]]:
+        """(id, status, sources) of every case, without reading the rest of the documents."""
+        query = select(CaseRow.id, CaseRow.status, CaseRow.document["sources"]).order_by(CaseRow.id)
+        with self._read() as conn:
+            return [(case_id, status, sources or []) for case_id, status, sources in conn.execute(query)]
 
     def reviewed_json(self) -> list[StoredJson]:
         """Every reviewed case, ordered by id, with its document as the JSON text stored: what an
@@ -232,14 +246,14 @@ def _set_meta(conn: Connection, values: dict[str, str]) -> list[str]:
     return changed
 
 
-def _check_ids(batch: list[Case], written: set[str], removals: set[str]) -> None:
+def _check_ids(batch: list[Case], written: dict[str, None], removals: set[str]) -> None:
     """Refuse an id seen before or also being removed; remember the batch's ids."""
     for case in batch:
         if case.id in removals:
             raise ValueError("upsert cannot both write and remove the same case id")
         if case.id in written:
             raise ValueError("upsert got the same case id twice")
-        written.add(case.id)
+        written[case.id] = None
 
 
 def _existing(conn: Connection, ids: list[str]) -> dict[str, tuple[str, datetime, datetime]]:
@@ -258,6 +272,48 @@ def _refuse_existing(conn: Connection, batch: list[Case]) -> None:
     taken = sorted(_existing(conn, [case.id for case in batch]))
     if taken:
         raise ConflictError(f"case '{taken[0]}' already exists; use PUT /v1/cases/{taken[0]} to revise it")
+
+
+# Up to this many search tokens (a POST of a case with a source or three), the check reads only
+# the stored cases whose JSON contains one: one LIKE scan of the documents per token, each
+# cheaper than reading every case's sources (json_extract) and keying them in Python, which is
+# what a larger write does, once.
+_FEW_TOKENS = 3
+
+
+def _refuse_shared_threads(conn: Connection, written: list[str]) -> None:
+    """Raise DuplicateThreadError when a written case and another case document one thread."""
+    if not written:
+        return
+    from kb.errors import DuplicateThreadError
+    from kb.threads import ThreadIndex
+
+    index = ThreadIndex()
+    for case_id, sources in _thread_candidates(conn, written):
+        index.add(case_id, sources or [])
+    clash = index.clash_among(written)
+    if clash is not None:
+        raise DuplicateThreadError(clash.message(f"case '{clash.case_id}'"), clash)
+
+
+def _thread_candidates(conn: Connection, written: list[str]) -> Iterator[tuple[str, list[str]]]:
+    """(id, sources) of every case that may share a thread with a written one."""
+    from sqlalchemy import or_
+
+    from kb.threads import search_token
+
+    sources = CaseRow.document["sources"]
+    if len(written) <= _FEW_TOKENS:
+        own = list(conn.execute(select(CaseRow.id, sources).where(CaseRow.id.in_(written))))
+        tokens = {search_token(source) for _, listed in own for source in listed or []}
+        if None not in tokens and len(tokens) <= _FEW_TOKENS:
+            text = cast(CaseRow.document, Text)
+            others = conn.execute(select(CaseRow.id, sources).where(
+                CaseRow.id.not_in(written), or_(*(text.contains(token, autoescape=True) for token in sorted(tokens)))))
+            yield from own
+            yield from others
+            return
+    yield from conn.execute(select(CaseRow.id, sources))
 
 
 def _write_batch(conn: Connection, batch: list[Case], now: datetime, report: IngestReport,

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..errors import CaseFileError
 from ..lexicon import Lexicon
 from ..models import Case
+from ..threads import ThreadIndex
 
 
 def drafts_from_articles(paths: list[Path]) -> list[Case]:
@@ -25,6 +26,29 @@ def drafts_from_github(paths: list[Path]) -> list[Case]:
 
     lexicon = Lexicon.from_file()
     return [case for path in paths for case in import_github(_existing(path), lexicon)]
+
+
+def screen(drafts: list[Case], known: ThreadIndex, *, keep_duplicates: bool = False) -> tuple[list[Case], list[str]]:
+    """The drafts to write, and one line for each draft whose thread a known case documents
+    already, naming that case: such a draft is left out unless ``keep_duplicates``. A draft
+    repeated in one import (a thread linked under an old and a new repository name) is
+    written once."""
+    kept: list[Case] = []
+    notes: list[str] = []
+    seen: set[str] = set()
+    for draft in drafts:
+        if draft.id in seen:
+            notes.append(f"draft '{draft.id}' appears twice in this import; kept the first")
+            continue
+        seen.add(draft.id)
+        clash = known.clash(draft.id, draft.sources)
+        if clash is not None:
+            notes.append(f"draft '{draft.id}' {'written although' if keep_duplicates else 'left out:'} {clash.summary()}")
+            if not keep_duplicates:
+                continue
+        known.add(draft.id, draft.sources, where="earlier in this import", status="draft")
+        kept.append(draft)
+    return kept, notes
 
 
 def _existing(path: Path) -> Path:

@@ -88,7 +88,7 @@ def _main_concept(lexicon: Lexicon, group: str, headline: str, body: str) -> str
     return counts.most_common(1)[0][0] if counts else None
 
 
-def _config(features: dict[str, list]) -> dict[str, Any]:
+def _config(features: dict[str, list], gpu_count: int | None) -> dict[str, Any]:
     config: dict[str, Any] = {}
     if features.get("zero_stage"):
         config["zero_stage"] = features["zero_stage"][0]
@@ -99,8 +99,8 @@ def _config(features: dict[str, list]) -> dict[str, Any]:
     for name in ("learning_rate", "batch_size", "seq_len", "lora_rank"):
         if features.get(name):
             config[{"batch_size": "per_device_batch_size", "seq_len": "block_size"}.get(name, name)] = features[name][0]
-    if features.get("gpu_count"):
-        config["num_gpus"] = max(features["gpu_count"])
+    if gpu_count:
+        config["num_gpus"] = gpu_count
     return config
 
 
@@ -147,7 +147,7 @@ def build_draft(parts: DraftParts, lexicon: Lexicon, where: str) -> Case:
         "model": model,
         "framework": {"name": framework_id or "not stated", "libraries": parts.libraries},
         "hardware": hardware,
-        "config": _config(features),
+        "config": _config(features, count),
         "observations": observations,
         "causes": parts.causes,
         "fixes": [{"action": action, "confirmed": confirmed} for action, confirmed in parts.fixes],

@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol
 
+from .chatlang import message_language, turn_language
 from .errors import NotFoundError, QueryError
 from .index import LoadedIndex
-from .lexicon import has_cjk, normalize
+from .lexicon import normalize
 from .parser import parse
 from .paths import data_file
 from .querytext import MAX_QUERY_CHARS, validate_query
-from .results import Hit, RecommendedFix, SearchOutcome
+from .results import Hit, SearchOutcome
 from .retriever import search
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -63,19 +64,24 @@ class Question:
 
 @dataclass
 class ChatState:
-    """What a session remembers: the user's messages and the questions already settled."""
+    """What a session remembers: the user's messages, the questions already settled, and
+    the language it is answered in (None before its first message)."""
 
     messages: list[str] = field(default_factory=list)
     asked: list[str] = field(default_factory=list)
     pending: dict[str, Any] | None = None  # the last question: feature, options, values
+    language: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"messages": self.messages, "asked": self.asked, "pending": self.pending}
+        return {"messages": self.messages, "asked": self.asked, "pending": self.pending, "language": self.language}
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> "ChatState":
         data = data or {}
-        return cls(list(data.get("messages", [])), list(data.get("asked", [])), data.get("pending"))
+        messages = list(data.get("messages", []))
+        # A session saved before the language was kept: its first message still decides.
+        language = data.get("language") or (message_language(messages[0]) if messages else None)
+        return cls(messages, list(data.get("asked", [])), data.get("pending"), language)
 
 
 @dataclass
@@ -169,11 +175,16 @@ def best_question(index: LoadedIndex, outcome: SearchOutcome, pool: list[Hit], a
     return Question(feature, text, options, values)
 
 
+@lru_cache(maxsize=1)
+def _option_answer() -> re.Pattern[str]:
+    return re.compile(chat_settings()["option_answer"])
+
+
 def _answer_to_option(message: str, pending: dict[str, Any] | None) -> str:
-    """'2' answers the pending question with its second option."""
-    stripped = message.strip()
-    if pending and stripped.isdigit():
-        number = int(stripped)
+    """'2' (or '2.', '#2', '选 2', '第2个') answers the pending question with its second option."""
+    found = _option_answer().match(normalize(message).strip()) if pending else None
+    if found:
+        number = int(found.group(1))
         if 1 <= number <= len(pending.get("options", [])):
             return pending["options"][number - 1]
     return message
@@ -200,13 +211,11 @@ def compose_reply(outcome: SearchOutcome, question: Question | None, language: s
         lines.append(template.format(title=case["title"], id=case["id"], score=top.score))
         if case.get("causes"):
             lines.append(words["cause"].format(cause=case["causes"][0]))
-        fixes = outcome.fixes or [  # a weak best guess has no merged fixes: show its own
-            RecommendedFix(f["action"], bool(f.get("confirmed")), top.score, [case["id"]], f.get("key"))
-            for f in case["fixes"]
-        ]
-        if fixes:
+        # The fixes are the search's recommended ones, the same the answer lists: none when it
+        # abstained, since a weak guess's fixes did not work "in similar cases". No heading then.
+        if outcome.fixes:
             lines.append(words["fixes"])
-            for fix in fixes[:3]:
+            for fix in outcome.fixes[:3]:
                 mark = f" {words['confirmed']}" if fix.confirmed else ""
                 lines.append(f"- {fix.action}{mark} [{', '.join(fix.cases)}]")
         lines.append(words["sources"].format(sources=", ".join(case["sources"])))
@@ -253,41 +262,51 @@ class ChatEngine:
         self._sessions = sessions
         self._embedder = embedder or (lambda index: None)  # index -> the query embedding function, or None
 
+    def advance(self, state: ChatState, message: str) -> ChatTurn:
+        """One turn of a conversation in ``state`` (updated in place), without storage. Both the
+        session API and the stateless OpenAI endpoint go through here, so a conversation gets
+        the same answers whichever way it is sent."""
+        settings = chat_settings()
+        text = validate_query(message)
+        state.language = language = turn_language(text, state.language, settings["language"])
+        if _matches_phrase(text, settings["reset_phrases"]):
+            # Cleared but for its language: the same user goes on.
+            state.messages, state.asked, state.pending = [], [], None
+            return ChatTurn("", language, settings["text"][language]["reset"], None, None, reset=True)
+        index = self._index()
+        _, outcome, question = respond(index, state, text, language, self._embedder(index))
+        return ChatTurn("", language, compose_reply(outcome, question, language), outcome, question)
+
     def handle(self, message: str, session_id: str | None = None) -> ChatTurn:
         """One turn: ``session_id`` None starts a conversation under a new id; any other must be one
         this engine issued whose session has not expired, else NotFoundError."""
-        settings = chat_settings()
         if session_id is not None and not SESSION_ID.match(session_id):
             raise QueryError("session_id must be 1-64 letters, digits or . _ : -")
-        text = validate_query(message)
-        language = "zh" if has_cjk(text) else "en"
+        validate_query(message)  # before a session is made or looked up
         if session_id is None:
             session_id, stored = new_session_id(), None
         else:
             stored = self._sessions.load(session_id) if ISSUED_SESSION_ID.match(session_id) else None
             if stored is None:
                 raise NotFoundError(UNKNOWN_SESSION)
-        if _matches_phrase(text, settings["reset_phrases"]):
-            # Cleared, not deleted: the id stays its holder's for the next turn.
-            self._sessions.save(session_id, ChatState().to_json(), language)
-            return ChatTurn(session_id, language, settings["text"][language]["reset"], None, None, reset=True)
         state = ChatState.from_json(stored)
-        index = self._index()
-        state, outcome, question = respond(index, state, text, language, self._embedder(index))
-        self._sessions.save(session_id, state.to_json(), language)
-        return ChatTurn(session_id, language, compose_reply(outcome, question, language), outcome, question)
+        turn = self.advance(state, message)
+        # Saved after a reset too: cleared, not deleted, so the id stays its holder's for the next turn.
+        self._sessions.save(session_id, state.to_json(), turn.language)
+        turn.session_id = session_id
+        return turn
 
     def complete(self, user_messages: list[str]) -> ChatTurn:
-        """A stateless turn over a whole conversation (the OpenAI-compatible endpoint sends it every time)."""
+        """The answer to the last of a whole conversation's user messages, kept nowhere (the
+        OpenAI-compatible endpoint is sent the whole conversation every time). The earlier
+        messages are replayed through :meth:`advance` as if they had been sent one by one, so
+        a numbered answer picks an option of the question kbq asked, and questions already
+        answered are not asked again: the same answer as in a session."""
         if not user_messages:
             raise QueryError("no user message in the conversation")
-        language = "zh" if has_cjk(user_messages[-1]) else "en"
-        settings = chat_settings()
-        resets = [i for i, m in enumerate(user_messages) if _matches_phrase(m, settings["reset_phrases"])]
-        if resets and resets[-1] == len(user_messages) - 1:
-            return ChatTurn("", language, settings["text"][language]["reset"], None, None, reset=True)
-        messages = user_messages[resets[-1] + 1:] if resets else user_messages
-        state = ChatState(messages=[validate_query(m) for m in messages[:-1]])
-        index = self._index()
-        state, outcome, question = respond(index, state, validate_query(messages[-1]), language, self._embedder(index))
-        return ChatTurn("", language, compose_reply(outcome, question, language), outcome, question)
+        for message in user_messages:
+            validate_query(message)  # each one, before any search
+        state = ChatState()
+        for message in user_messages:
+            turn = self.advance(state, message)
+        return turn

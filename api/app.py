@@ -263,11 +263,10 @@ def create_app(kb: KnowledgeBase | None = None) -> FastAPI:
         the client sends the whole conversation each time, so no session is kept or shared."""
         if request.model != MODEL_NAME:
             raise ApiError(404, "model_not_found", f"model '{request.model}' does not exist; use '{MODEL_NAME}'")
-        user_messages = [_text(m.content) for m in request.messages if m.role == "user"]
-        user_messages = [m for m in user_messages if m.strip()]
-        if not user_messages:
+        turns = _conversation(request.messages)
+        if not turns:
             raise ApiError(422, "invalid_request", "messages: no user message with text")
-        turn = knowledge.chat().complete(user_messages)
+        turn = knowledge.chat().complete(turns)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         usage = _usage([_text(m.content) for m in request.messages], turn.reply)
@@ -300,6 +299,18 @@ def _usage(prompts: list[str], reply: str) -> dict[str, int]:
     prompt_tokens, completion_tokens = sum(count_tokens(p) for p in prompts), count_tokens(reply)
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _conversation(messages: list[schemas.ChatMessage]) -> list[tuple[str, str | None]]:
+    """The user's messages with text, each with the assistant's reply to it (the assistant messages
+    up to the next user message), or None where the client sent none back."""
+    turns: list[tuple[str, list[str]]] = []
+    for message in messages:
+        if message.role == "user":
+            turns.append((_text(message.content), []))  # kept while its replies are collected, even with no text
+        elif message.role == "assistant" and turns:
+            turns[-1][1].append(_text(message.content))
+    return [(text, "\n\n".join(replies) if replies else None) for text, replies in turns if text.strip()]
 
 
 def _stream(completion_id: str, created: int, reply: str, usage: dict[str, int] | None = None) -> Iterator[str]:

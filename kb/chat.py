@@ -168,11 +168,47 @@ def best_question(index: LoadedIndex, outcome: SearchOutcome, pool: list[Hit], a
         return None
     _, feature, groups = best
     values = sorted((v for v in groups if v is not None), key=lambda v: -groups[v])[: settings["max_options"]]
-    words = settings["text"][language]
-    options = [_label(feature, v) for v in values] + [words["something_else"]]
-    listed = ", ".join(options[:-1]) + f" {words['or']} {options[-1]}" if language == "en" else "、".join(options[:-1]) + f"{words['or']}{options[-1]}"
-    text = settings["questions"][feature][language].format(options=listed)
+    options = [_label(feature, v) for v in values] + [settings["text"][language]["something_else"]]
+    text = settings["questions"][feature][language].format(options=_listing(options[:-1], language))
     return Question(feature, text, options, values)
+
+
+def _listing(named: list[str], language: str) -> str:
+    """'a, b or something else' / 'a、b或其他': the options of a question, as its text lists them."""
+    words = chat_settings()["text"][language]
+    if language == "en":
+        return ", ".join(named) + f" {words['or']} {words['something_else']}"
+    return "、".join(named) + f"{words['or']}{words['something_else']}"
+
+
+@lru_cache(maxsize=1)
+def _question_shapes() -> list[tuple[str, str, str, str]]:
+    """(feature, language, text before the options, text after them) of every question kbq asks."""
+    shapes = []
+    for feature, texts in chat_settings()["questions"].items():
+        for language, template in texts.items():
+            head, _, tail = template.partition("{options}")
+            shapes.append((feature, language, head, tail))
+    return shapes
+
+
+def question_in(reply: str) -> dict[str, Any] | None:
+    """The question a reply of kbq's ends with, as the pending state of a session that asked it
+    (feature, options, values), or None if it asks nothing. This is how a stateless client's
+    conversation, which carries kbq's replies, tells what its user is answering."""
+    last = reply.strip().rsplit("\n", 1)[-1].strip()
+    for feature, language, head, tail in _question_shapes():
+        if not (last.startswith(head) and last.endswith(tail) and len(last) > len(head) + len(tail)):
+            continue
+        listed = last[len(head) : len(last) - len(tail)]
+        ending = _listing([], language)  # ' or something else' / '或其他'
+        if not listed.endswith(ending) or len(listed) == len(ending):
+            continue
+        named = listed[: -len(ending)].split(", " if language == "en" else "、")
+        labels = {str(label): value for value, label in chat_settings().get("labels", {}).get(feature, {}).items()}
+        options = named + [chat_settings()["text"][language]["something_else"]]
+        return {"feature": feature, "options": options, "values": [labels.get(name, name) for name in named]}
+    return None
 
 
 @lru_cache(maxsize=1)
@@ -231,10 +267,10 @@ def compose_reply(outcome: SearchOutcome, question: Question | None, language: s
     return "\n\n".join(lines)
 
 
-def respond(
-    index: LoadedIndex, state: ChatState, message: str, language: str, embed=None
-) -> tuple[ChatState, SearchOutcome, Question | None]:
-    """One turn, without storage: the new state, the search over the conversation, and a question."""
+def take_message(state: ChatState, message: str) -> None:
+    """Add a message to the conversation: an answer to the pending question settles it (a
+    number picks an option; 'not sure' only settles it), and the oldest messages go when
+    there are too many or the conversation grows too long to search."""
     settings = chat_settings()
     if state.pending and _matches_phrase(message, settings["skip_phrases"]):
         state.asked.append(state.pending["feature"])
@@ -242,16 +278,21 @@ def respond(
         state.messages.append(_answer_to_option(message, state.pending))
         if state.pending:
             state.asked.append(state.pending["feature"])
+    state.pending = None
     state.messages = state.messages[-settings["max_messages"]:]
-    conversation = "\n".join(state.messages)
-    while len(conversation) > MAX_QUERY_CHARS and len(state.messages) > 1:
+    while len("\n".join(state.messages)) > MAX_QUERY_CHARS and len(state.messages) > 1:
         state.messages = state.messages[1:]
-        conversation = "\n".join(state.messages)
-    outcome = search(index, parse(validate_query(conversation), index.lexicon, index.stopwords), k=5, embed=embed)
+
+
+def search_and_ask(index: LoadedIndex, state: ChatState, language: str, embed=None) -> tuple[SearchOutcome, Question | None]:
+    """Search the conversation so far as one report, and choose the question to ask next (the
+    session's pending one)."""
+    conversation = validate_query("\n".join(state.messages))
+    outcome = search(index, parse(conversation, index.lexicon, index.stopwords), k=5, embed=embed)
     pool = candidates(outcome)
     question = best_question(index, outcome, pool, state.asked, language) if should_ask(outcome, pool) else None
     state.pending = None if question is None else {"feature": question.feature, "options": question.options, "values": question.values}
-    return state, outcome, question
+    return outcome, question
 
 
 class ChatEngine:
@@ -262,19 +303,27 @@ class ChatEngine:
         self._sessions = sessions
         self._embedder = embedder or (lambda index: None)  # index -> the query embedding function, or None
 
-    def advance(self, state: ChatState, message: str) -> ChatTurn:
-        """One turn of a conversation in ``state`` (updated in place), without storage. Both the
-        session API and the stateless OpenAI endpoint go through here, so a conversation gets
-        the same answers whichever way it is sent."""
+    def _take(self, state: ChatState, message: str) -> bool:
+        """The part of a turn that needs no search: the language, a reset (True), or the message
+        taken into the conversation."""
         settings = chat_settings()
-        text = validate_query(message)
-        state.language = language = turn_language(text, state.language, settings["language"])
-        if _matches_phrase(text, settings["reset_phrases"]):
+        state.language = turn_language(message, state.language, settings["language"])
+        if _matches_phrase(message, settings["reset_phrases"]):
             # Cleared but for its language: the same user goes on.
             state.messages, state.asked, state.pending = [], [], None
-            return ChatTurn("", language, settings["text"][language]["reset"], None, None, reset=True)
+            return True
+        take_message(state, message)
+        return False
+
+    def advance(self, state: ChatState, message: str) -> ChatTurn:
+        """One turn of a conversation in ``state`` (updated in place), without storage. The
+        session API and the stateless OpenAI endpoint both answer through here."""
+        reset = self._take(state, validate_query(message))
+        language = state.language or "en"
+        if reset:
+            return ChatTurn("", language, chat_settings()["text"][language]["reset"], None, None, reset=True)
         index = self._index()
-        _, outcome, question = respond(index, state, text, language, self._embedder(index))
+        outcome, question = search_and_ask(index, state, language, self._embedder(index))
         return ChatTurn("", language, compose_reply(outcome, question, language), outcome, question)
 
     def handle(self, message: str, session_id: str | None = None) -> ChatTurn:
@@ -296,17 +345,25 @@ class ChatEngine:
         turn.session_id = session_id
         return turn
 
-    def complete(self, user_messages: list[str]) -> ChatTurn:
-        """The answer to the last of a whole conversation's user messages, kept nowhere (the
-        OpenAI-compatible endpoint is sent the whole conversation every time). The earlier
-        messages are replayed through :meth:`advance` as if they had been sent one by one, so
-        a numbered answer picks an option of the question kbq asked, and questions already
-        answered are not asked again: the same answer as in a session."""
-        if not user_messages:
+    def complete(self, turns: list[tuple[str, str | None]]) -> ChatTurn:
+        """The answer to the last user message of a whole conversation, kept nowhere (the
+        OpenAI-compatible endpoint is sent the whole conversation every time). ``turns`` are the
+        user's messages, each with kbq's reply to it as the client sent it back (None if it
+        sent none). The earlier messages go through the same steps as in a session, and the
+        question each reply ended with is the one its user answered next, as a session
+        remembers it; a turn whose reply is missing is searched again to know its question.
+        So a numbered answer picks an option of the question kbq asked, a question settled
+        is not asked again, and the answer is the one a session would give. Searches cost, so
+        only the last ``max_messages`` turns are searched again (the search reads no more of a
+        conversation); an older turn without its reply counts as one that asked nothing."""
+        if not turns:
             raise QueryError("no user message in the conversation")
-        for message in user_messages:
-            validate_query(message)  # each one, before any search
+        texts = [validate_query(message) for message, _ in turns]  # each one, before any search
+        searched_from = len(turns) - 1 - int(chat_settings()["max_messages"])
         state = ChatState()
-        for message in user_messages:
-            turn = self.advance(state, message)
-        return turn
+        for i, (text, (_, reply)) in enumerate(zip(texts[:-1], turns[:-1])):
+            if reply is None and i >= searched_from:
+                self.advance(state, text)
+            elif not self._take(state, text):
+                state.pending = question_in(reply) if reply is not None else None
+        return self.advance(state, texts[-1])

@@ -118,13 +118,13 @@ def _session(api: httpx.Client, messages: list[str]) -> list[dict[str, Any]]:
     return turns
 
 
-def _completion(client, user_messages: list[str], replies: list[str]) -> str:
+def _completion(client, user_messages: list[str], replies: list[str] | None) -> str:
     """The OpenAI endpoint's answer to the last user message, sent the whole conversation
-    with kbq's earlier replies, as a chat front end sends it."""
+    with kbq's earlier replies, as a chat front end sends it (or without them: some send none)."""
     messages: list[dict[str, str]] = [{"role": "system", "content": "You are a helpful assistant."}]
     for i, text in enumerate(user_messages):
         messages.append({"role": "user", "content": text})
-        if i < len(user_messages) - 1:
+        if replies is not None and i < len(user_messages) - 1:
             messages.append({"role": "assistant", "content": replies[i]})
     completion = client.chat.completions.create(model="kbq", messages=messages)
     return completion.choices[0].message.content
@@ -132,11 +132,12 @@ def _completion(client, user_messages: list[str], replies: list[str]) -> str:
 
 def _same_on_both(api: httpx.Client, client, messages: list[str]) -> list[dict[str, Any]]:
     """Hold the conversation on /v1/chat and check that the OpenAI endpoint, sent the same
-    conversation up to each turn, answers each turn with the same reply."""
+    conversation up to each turn, with or without kbq's replies, answers each turn alike."""
     turns = _session(api, messages)
     replies = [turn["reply"] for turn in turns]
     for n in range(1, len(messages) + 1):
         assert _completion(client, messages[:n], replies) == replies[n - 1], f"turn {n} of {messages}"
+        assert _completion(client, messages[:n], None) == replies[n - 1], f"turn {n} of {messages}, no replies sent"
     return turns
 
 
@@ -199,6 +200,16 @@ def test_skipped_then_numbered_answers_stay_the_same_over_a_longer_conversation(
     first, second = turns[0]["question"], turns[1]["question"]
     assert first and second and second["feature"] != first["feature"]
     assert turns[2]["features"].get(second["feature"]), turns[2]["features"]  # what option 1 stands for
+
+
+def test_a_number_answers_the_question_the_user_was_shown(client) -> None:
+    """The OpenAI endpoint reads the question from the reply the client sends back, as a session
+    remembers the question it asked: '2' is the second option listed there."""
+    asked = chat_settings()["questions"]["framework"]["en"].format(options="unsloth, llama-factory or something else")
+    messages = [{"role": "user", "content": VAGUE_EN}, {"role": "assistant", "content": f"Hmm.\n\n{asked}"},
+                {"role": "user", "content": "2"}]
+    reply = client.chat.completions.create(model="kbq", messages=messages).choices[0].message.content
+    assert GEMMA_CASE in reply.split("\n\n")[0]  # '2' was llama-factory, the gemma case's framework
 
 
 # -- abstaining replies ------------------------------------------------------------------------
@@ -344,6 +355,23 @@ def test_a_stored_session_without_a_language_takes_its_first_messages() -> None:
 
     assert ChatState.from_json({"messages": [VAGUE_ZH, "LLaMA-Factory"], "asked": [], "pending": None}).language == "zh"
     assert ChatState.from_json(None).language is None
+
+
+@pytest.mark.parametrize("feature", ["framework", "zero_stage", "finetuning"])
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_the_question_a_reply_ends_with_is_read_back(feature: str, language: str) -> None:
+    from kb.chat import question_in
+
+    labels = chat_settings()["labels"].get(feature, {})
+    values = list(labels)[:3] or ["llama-factory", "unsloth", "trl"]
+    named = [str(labels.get(value, value)) for value in values]
+    words = chat_settings()["text"][language]
+    listed = (", ".join(named) + f" {words['or']} " if language == "en" else "、".join(named) + words["or"]) + words["something_else"]
+    question = chat_settings()["questions"][feature][language].format(options=listed)
+    reply = f"{words['no_case']}\n\n{question}"
+    assert question_in(reply) == {"feature": feature, "options": [*named, words["something_else"]], "values": values}
+    assert question_in(words["no_case"]) is None
+    assert question_in(f"{question}\n\n{words['need_more']}") is None  # asked earlier, not by this reply
 
 
 @pytest.mark.parametrize("answer,expected", [

@@ -259,8 +259,10 @@ def create_app(kb: KnowledgeBase | None = None) -> FastAPI:
         **ERRORS, 200: {"description": "the completion; with `stream: true`, server-sent chunks ending in `data: [DONE]`",
                         "content": {"text/event-stream": {"schema": SSE_EVENT}}}})
     def chat_completions(request: schemas.ChatCompletionRequest):
-        """OpenAI-compatible chat: the conversation's user messages go to the chat backend. Stateless:
-        the client sends the whole conversation each time, so no session is kept or shared."""
+        """OpenAI-compatible chat, stateless: the client sends the whole conversation each time, and
+        kbq answers its last user message as `/v1/chat` would in a session that had the same turns
+        (the question each earlier reply ended with is read from the assistant messages). `usage`
+        counts kbq tokens: a Chinese character, or a run of other letters or digits."""
         if request.model != MODEL_NAME:
             raise ApiError(404, "model_not_found", f"model '{request.model}' does not exist; use '{MODEL_NAME}'")
         turns = _conversation(request.messages)

@@ -5,7 +5,13 @@ several messages add up ("my gemma3 loss is weird" ... "zero3"). When the best
 candidates are close, the bot asks about the feature whose answer would tell
 them apart best: the feature with the largest entropy of candidate values,
 weighted by score, which is the information the answer is expected to give.
+A conversation is answered in the language it started in (``kb/chatlang.py``).
 Wording, thresholds and phrases live in ``kb/data/chat.yaml``.
+
+A session and a stateless client (which sends the whole conversation every time)
+go through the same turn, :meth:`ChatEngine.advance`: for the stateless one the
+earlier turns are taken again, the question each ended with read from the reply
+the client sends back, so both get the same answers.
 
 Nothing here knows about HTTP; sessions are kept by whatever ``SessionStore``
 the caller passes (the database in the API). A session belongs to whoever holds
@@ -303,7 +309,7 @@ class ChatEngine:
         self._sessions = sessions
         self._embedder = embedder or (lambda index: None)  # index -> the query embedding function, or None
 
-    def _take(self, state: ChatState, message: str) -> bool:
+    def _prepare(self, state: ChatState, message: str) -> bool:
         """The part of a turn that needs no search: the language, a reset (True), or the message
         taken into the conversation."""
         settings = chat_settings()
@@ -318,7 +324,7 @@ class ChatEngine:
     def advance(self, state: ChatState, message: str) -> ChatTurn:
         """One turn of a conversation in ``state`` (updated in place), without storage. The
         session API and the stateless OpenAI endpoint both answer through here."""
-        reset = self._take(state, validate_query(message))
+        reset = self._prepare(state, validate_query(message))
         language = state.language or "en"
         if reset:
             return ChatTurn("", language, chat_settings()["text"][language]["reset"], None, None, reset=True)
@@ -364,6 +370,6 @@ class ChatEngine:
         for i, (text, (_, reply)) in enumerate(zip(texts[:-1], turns[:-1])):
             if reply is None and i >= searched_from:
                 self.advance(state, text)
-            elif not self._take(state, text):
+            elif not self._prepare(state, text):
                 state.pending = question_in(reply) if reply is not None else None
         return self.advance(state, texts[-1])

@@ -8,7 +8,6 @@ client, plus fast checks of the rules in kb (kb.chatlang, kb.tokenize.count_toke
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,9 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import PG_ENV, _pg_schema_url
 from kb.chat import chat_settings
-from serving import base_env, kbq, start, stop
+from serving import base_env, ingested_server
 
 GEMMA_CASE = "llamafactory-7416"
 VAGUE_EN = "my gemma 3 loss looks wrong, far too high"
@@ -66,27 +64,8 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     base = tmp_path_factory.mktemp(f"parity-{request.param}")
     home = base / "home"
     home.mkdir()
-    schema_urls: Iterator[str] | None = None
-    if request.param == "sqlite":
-        db = str(base / "kbq.db")
-    else:
-        pg = os.environ.get(PG_ENV)
-        if not pg:
-            pytest.skip(f"{PG_ENV} not set: PostgreSQL tests skipped")
-        schema_urls = _pg_schema_url(pg)
-        db = next(schema_urls)
-    env = base_env(home)
-    try:
-        ingest = kbq(env, "ingest", "--db", db)
-        assert ingest.returncode == 0, ingest.stderr
-        proc, port = start(env, db, base / "serve.log")
-        try:
-            yield Server(f"http://127.0.0.1:{port}")
-        finally:
-            stop(proc)
-    finally:
-        if schema_urls is not None:
-            next(schema_urls, None)
+    with ingested_server(base, request.param, base_env(home)) as (port, _):
+        yield Server(f"http://127.0.0.1:{port}")
 
 
 @pytest.fixture(scope="module")

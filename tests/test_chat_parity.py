@@ -300,6 +300,8 @@ LANGUAGE = {"min_chinese_chars": 6, "min_english_words": 5}
     (None, EN_REPORT_ONE_ZH_LINE, "en"),
     (None, "训练报错了，帮我看看\n" + TRACEBACK, "zh"),  # the user's words, not the pasted log
     (None, TRACEBACK, "en"),  # nothing but a log: all of it decides
+    (None, "训练 qwen2 的时候报错 RuntimeError: expected all tensors to be on the same device, but found two", "zh"),
+    (None, "lora_target q_proj,v_proj 设了 finetuning_type=lora，stage=sft 以后 loss 不降", "zh"),  # names are not words
     ("zh", "LLaMA-Factory", "zh"),
     ("zh", "Qwen2.5-7B-Instruct, zero3, bf16, lr=1e-5", "zh"),
     ("zh", "2", "zh"),

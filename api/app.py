@@ -29,6 +29,7 @@ from kb.db.engine import sqlite_path
 from kb.errors import CaseFileError, ConflictError, DatabaseError, KbqError, NotFoundError, QueryError
 from kb.retriever import Filters as CoreFilters
 from kb.service import KnowledgeBase
+from kb.tokenize import count_tokens
 
 from . import schemas
 from .limits import BodyLimit, PlainQueryString
@@ -260,26 +261,27 @@ def create_app(kb: KnowledgeBase | None = None) -> FastAPI:
         **ERRORS, 200: {"description": "the completion; with `stream: true`, server-sent chunks ending in `data: [DONE]`",
                         "content": {"text/event-stream": {"schema": SSE_EVENT}}}})
     def chat_completions(request: schemas.ChatCompletionRequest):
-        """OpenAI-compatible chat: the conversation's user messages go to the chat backend. Stateless:
-        the client sends the whole conversation each time, so no session is kept or shared."""
+        """OpenAI-compatible chat, stateless: the client sends the whole conversation each time, and
+        kbq answers its last user message as `/v1/chat` would in a session that had the same turns
+        (the question each earlier reply ended with is read from the assistant messages). `usage`
+        counts kbq tokens: a Chinese character, or a run of other letters or digits."""
         if request.model != MODEL_NAME:
             raise ApiError(404, "model_not_found", f"model '{request.model}' does not exist; use '{MODEL_NAME}'")
-        user_messages = [_text(m.content) for m in request.messages if m.role == "user"]
-        user_messages = [m for m in user_messages if m.strip()]
-        if not user_messages:
+        turns = _conversation(request.messages)
+        if not turns:
             raise ApiError(422, "invalid_request", "messages: no user message with text")
-        turn = knowledge.chat().complete(user_messages)
+        turn = knowledge.chat().complete(turns)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
+        usage = _usage([_text(m.content) for m in request.messages], turn.reply)
         if request.stream:
-            return StreamingResponse(_stream(completion_id, created, turn.reply), media_type="text/event-stream")
-        prompt_tokens = sum(len(m.split()) for m in user_messages)
-        completion_tokens = len(turn.reply.split())
+            with_usage = bool(request.stream_options and request.stream_options.include_usage)
+            return StreamingResponse(_stream(completion_id, created, turn.reply, usage if with_usage else None),
+                                     media_type="text/event-stream")
         return {
             "id": completion_id, "object": "chat.completion", "created": created, "model": MODEL_NAME,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": turn.reply}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+            "usage": usage,
         }
 
     from .web import attach as attach_web  # here: it imports this module
@@ -298,18 +300,45 @@ def _text(content: Any) -> str:
     return ""
 
 
-def _stream(completion_id: str, created: int, reply: str) -> Iterator[str]:
-    """Server-sent events in OpenAI's chunk format, one paragraph per chunk, then [DONE]."""
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+def _usage(prompts: list[str], reply: str) -> dict[str, int]:
+    """OpenAI's usage, in kbq's tokens (kb.tokenize.count_tokens: a Chinese character or a word
+    is one): the prompt is every message the client sent, the completion the reply."""
+    prompt_tokens, completion_tokens = sum(count_tokens(p) for p in prompts), count_tokens(reply)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _conversation(messages: list[schemas.ChatMessage]) -> list[tuple[str, str | None]]:
+    """The user's messages with text, each with the assistant's reply to it (the assistant messages
+    up to the next user message), or None where the client sent none back."""
+    turns: list[tuple[str, list[str]]] = []
+    for message in messages:
+        if message.role == "user":
+            turns.append((_text(message.content), []))  # kept while its replies are collected, even with no text
+        elif message.role == "assistant" and turns:
+            turns[-1][1].append(_text(message.content))
+    return [(text, "\n\n".join(replies) if replies else None) for text, replies in turns if text.strip()]
+
+
+def _stream(completion_id: str, created: int, reply: str, usage: dict[str, int] | None = None) -> Iterator[str]:
+    """Server-sent events in OpenAI's chunk format, one paragraph per chunk, then [DONE]. Given
+    ``usage`` (the client asked with stream_options.include_usage), every chunk has a null
+    `usage` and one more chunk, with no choices, carries it before [DONE], as OpenAI sends it."""
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
         body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": MODEL_NAME,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                "choices": choices, **({"usage": None} if usage is not None else {}), **extra}
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
-    yield chunk({"role": "assistant", "content": ""})
+    def delta(content: dict[str, Any], finish: str | None = None) -> str:
+        return chunk([{"index": 0, "delta": content, "finish_reason": finish}])
+
+    yield delta({"role": "assistant", "content": ""})
     parts = reply.split("\n\n")
     for i, part in enumerate(parts):
-        yield chunk({"content": part + ("\n\n" if i < len(parts) - 1 else "")})
-    yield chunk({}, "stop")
+        yield delta({"content": part + ("\n\n" if i < len(parts) - 1 else "")})
+    yield delta({}, "stop")
+    if usage is not None:
+        yield chunk([], usage=usage)
     yield "data: [DONE]\n\n"
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from kb.chat import SESSION_ID
@@ -207,6 +207,15 @@ class ChatMessage(BaseModel):
     content: Optional[Any] = None
 
 
+class StreamOptions(Strict):
+    """OpenAI's `stream_options`: its two keys, and like OpenAI's API, no others."""
+
+    include_usage: Optional[StrictBool] = Field(
+        None, description="true: a last chunk, with no choices, carries the usage before `[DONE]`")
+    include_obfuscation: Optional[StrictBool] = Field(
+        None, description="accepted for compatibility; kbq adds no obfuscation padding")
+
+
 class ChatCompletionRequest(BaseModel):
     """OpenAI's chat-completions request; parameters kbq has no use for are accepted and ignored."""
 
@@ -214,6 +223,14 @@ class ChatCompletionRequest(BaseModel):
     model: str = Field(..., max_length=100)
     messages: list[ChatMessage] = Field(..., min_length=1, max_length=200)
     stream: bool = False
+    stream_options: Optional[StreamOptions] = Field(None, description="only with `stream: true`, as in OpenAI's API")
+
+    @field_validator("stream_options")
+    @classmethod
+    def _only_when_streaming(cls, value: Optional[StreamOptions], info: ValidationInfo) -> Optional[StreamOptions]:
+        if value is not None and not info.data.get("stream"):
+            raise PydanticCustomError("stream_options_without_stream", "only allowed when stream is true")
+        return value
 
 
 class CompletionMessage(BaseModel):

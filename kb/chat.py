@@ -5,7 +5,13 @@ several messages add up ("my gemma3 loss is weird" ... "zero3"). When the best
 candidates are close, the bot asks about the feature whose answer would tell
 them apart best: the feature with the largest entropy of candidate values,
 weighted by score, which is the information the answer is expected to give.
+A conversation is answered in the language it started in (``kb/chatlang.py``).
 Wording, thresholds and phrases live in ``kb/data/chat.yaml``.
+
+A session and a stateless client (which sends the whole conversation every time)
+go through the same turn, :meth:`ChatEngine.advance`: for the stateless one the
+earlier turns are taken again, the question each ended with read from the reply
+the client sends back, so both get the same answers.
 
 Nothing here knows about HTTP; sessions are kept by whatever ``SessionStore``
 the caller passes (the database in the API). A session belongs to whoever holds
@@ -23,13 +29,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol
 
+from .chatlang import message_language, turn_language
 from .errors import NotFoundError, QueryError
 from .index import LoadedIndex
-from .lexicon import has_cjk, normalize
+from .lexicon import normalize
 from .parser import parse
 from .paths import data_file
 from .querytext import MAX_QUERY_CHARS, validate_query
-from .results import Hit, RecommendedFix, SearchOutcome
+from .results import Hit, SearchOutcome
 from .retriever import search
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -63,19 +70,24 @@ class Question:
 
 @dataclass
 class ChatState:
-    """What a session remembers: the user's messages and the questions already settled."""
+    """What a session remembers: the user's messages, the questions already settled, and
+    the language it is answered in (None before its first message)."""
 
     messages: list[str] = field(default_factory=list)
     asked: list[str] = field(default_factory=list)
     pending: dict[str, Any] | None = None  # the last question: feature, options, values
+    language: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"messages": self.messages, "asked": self.asked, "pending": self.pending}
+        return {"messages": self.messages, "asked": self.asked, "pending": self.pending, "language": self.language}
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> "ChatState":
         data = data or {}
-        return cls(list(data.get("messages", [])), list(data.get("asked", [])), data.get("pending"))
+        messages = list(data.get("messages", []))
+        # A session saved before the language was kept: its first message still decides.
+        language = data.get("language") or (message_language(messages[0]) if messages else None)
+        return cls(messages, list(data.get("asked", [])), data.get("pending"), language)
 
 
 @dataclass
@@ -162,18 +174,59 @@ def best_question(index: LoadedIndex, outcome: SearchOutcome, pool: list[Hit], a
         return None
     _, feature, groups = best
     values = sorted((v for v in groups if v is not None), key=lambda v: -groups[v])[: settings["max_options"]]
-    words = settings["text"][language]
-    options = [_label(feature, v) for v in values] + [words["something_else"]]
-    listed = ", ".join(options[:-1]) + f" {words['or']} {options[-1]}" if language == "en" else "、".join(options[:-1]) + f"{words['or']}{options[-1]}"
-    text = settings["questions"][feature][language].format(options=listed)
+    options = [_label(feature, v) for v in values] + [settings["text"][language]["something_else"]]
+    text = settings["questions"][feature][language].format(options=_listing(options[:-1], language))
     return Question(feature, text, options, values)
 
 
+def _listing(named: list[str], language: str) -> str:
+    """'a, b or something else' / 'a、b或其他': the options of a question, as its text lists them."""
+    words = chat_settings()["text"][language]
+    if language == "en":
+        return ", ".join(named) + f" {words['or']} {words['something_else']}"
+    return "、".join(named) + f"{words['or']}{words['something_else']}"
+
+
+@lru_cache(maxsize=1)
+def _question_shapes() -> list[tuple[str, str, str, str]]:
+    """(feature, language, text before the options, text after them) of every question kbq asks."""
+    shapes = []
+    for feature, texts in chat_settings()["questions"].items():
+        for language, template in texts.items():
+            head, _, tail = template.partition("{options}")
+            shapes.append((feature, language, head, tail))
+    return shapes
+
+
+def question_in(reply: str) -> dict[str, Any] | None:
+    """The question a reply of kbq's ends with, as the pending state of a session that asked it
+    (feature, options, values), or None if it asks nothing. This is how a stateless client's
+    conversation, which carries kbq's replies, tells what its user is answering."""
+    last = reply.strip().rsplit("\n", 1)[-1].strip()
+    for feature, language, head, tail in _question_shapes():
+        if not (last.startswith(head) and last.endswith(tail) and len(last) > len(head) + len(tail)):
+            continue
+        listed = last[len(head) : len(last) - len(tail)]
+        ending = _listing([], language)  # ' or something else' / '或其他'
+        if not listed.endswith(ending) or len(listed) == len(ending):
+            continue
+        named = listed[: -len(ending)].split(", " if language == "en" else "、")
+        labels = {str(label): value for value, label in chat_settings().get("labels", {}).get(feature, {}).items()}
+        options = named + [chat_settings()["text"][language]["something_else"]]
+        return {"feature": feature, "options": options, "values": [labels.get(name, name) for name in named]}
+    return None
+
+
+@lru_cache(maxsize=1)
+def _option_answer() -> re.Pattern[str]:
+    return re.compile(chat_settings()["option_answer"])
+
+
 def _answer_to_option(message: str, pending: dict[str, Any] | None) -> str:
-    """'2' answers the pending question with its second option."""
-    stripped = message.strip()
-    if pending and stripped.isdigit():
-        number = int(stripped)
+    """'2' (or '2.', '#2', '选 2', '第2个') answers the pending question with its second option."""
+    found = _option_answer().match(normalize(message).strip()) if pending else None
+    if found:
+        number = int(found.group(1))
         if 1 <= number <= len(pending.get("options", [])):
             return pending["options"][number - 1]
     return message
@@ -200,13 +253,11 @@ def compose_reply(outcome: SearchOutcome, question: Question | None, language: s
         lines.append(template.format(title=case["title"], id=case["id"], score=top.score))
         if case.get("causes"):
             lines.append(words["cause"].format(cause=case["causes"][0]))
-        fixes = outcome.fixes or [  # a weak best guess has no merged fixes: show its own
-            RecommendedFix(f["action"], bool(f.get("confirmed")), top.score, [case["id"]], f.get("key"))
-            for f in case["fixes"]
-        ]
-        if fixes:
+        # The fixes are the search's recommended ones, the same the answer lists: none when it
+        # abstained, since a weak guess's fixes did not work "in similar cases". No heading then.
+        if outcome.fixes:
             lines.append(words["fixes"])
-            for fix in fixes[:3]:
+            for fix in outcome.fixes[:3]:
                 mark = f" {words['confirmed']}" if fix.confirmed else ""
                 lines.append(f"- {fix.action}{mark} [{', '.join(fix.cases)}]")
         lines.append(words["sources"].format(sources=", ".join(case["sources"])))
@@ -222,10 +273,10 @@ def compose_reply(outcome: SearchOutcome, question: Question | None, language: s
     return "\n\n".join(lines)
 
 
-def respond(
-    index: LoadedIndex, state: ChatState, message: str, language: str, embed=None
-) -> tuple[ChatState, SearchOutcome, Question | None]:
-    """One turn, without storage: the new state, the search over the conversation, and a question."""
+def take_message(state: ChatState, message: str) -> None:
+    """Add a message to the conversation: an answer to the pending question settles it (a
+    number picks an option; 'not sure' only settles it), and the oldest messages go when
+    there are too many or the conversation grows too long to search."""
     settings = chat_settings()
     if state.pending and _matches_phrase(message, settings["skip_phrases"]):
         state.asked.append(state.pending["feature"])
@@ -233,16 +284,21 @@ def respond(
         state.messages.append(_answer_to_option(message, state.pending))
         if state.pending:
             state.asked.append(state.pending["feature"])
+    state.pending = None
     state.messages = state.messages[-settings["max_messages"]:]
-    conversation = "\n".join(state.messages)
-    while len(conversation) > MAX_QUERY_CHARS and len(state.messages) > 1:
+    while len("\n".join(state.messages)) > MAX_QUERY_CHARS and len(state.messages) > 1:
         state.messages = state.messages[1:]
-        conversation = "\n".join(state.messages)
-    outcome = search(index, parse(validate_query(conversation), index.lexicon, index.stopwords), k=5, embed=embed)
+
+
+def search_and_ask(index: LoadedIndex, state: ChatState, language: str, embed=None) -> tuple[SearchOutcome, Question | None]:
+    """Search the conversation so far as one report, and choose the question to ask next (the
+    session's pending one)."""
+    conversation = validate_query("\n".join(state.messages))
+    outcome = search(index, parse(conversation, index.lexicon, index.stopwords), k=5, embed=embed)
     pool = candidates(outcome)
     question = best_question(index, outcome, pool, state.asked, language) if should_ask(outcome, pool) else None
     state.pending = None if question is None else {"feature": question.feature, "options": question.options, "values": question.values}
-    return state, outcome, question
+    return outcome, question
 
 
 class ChatEngine:
@@ -253,41 +309,67 @@ class ChatEngine:
         self._sessions = sessions
         self._embedder = embedder or (lambda index: None)  # index -> the query embedding function, or None
 
+    def _prepare(self, state: ChatState, message: str) -> bool:
+        """The part of a turn that needs no search: the language, a reset (True), or the message
+        taken into the conversation."""
+        settings = chat_settings()
+        state.language = turn_language(message, state.language, settings["language"])
+        if _matches_phrase(message, settings["reset_phrases"]):
+            # Cleared but for its language: the same user goes on.
+            state.messages, state.asked, state.pending = [], [], None
+            return True
+        take_message(state, message)
+        return False
+
+    def advance(self, state: ChatState, message: str) -> ChatTurn:
+        """One turn of a conversation in ``state`` (updated in place), without storage. The
+        session API and the stateless OpenAI endpoint both answer through here."""
+        reset = self._prepare(state, validate_query(message))
+        language = state.language or "en"
+        if reset:
+            return ChatTurn("", language, chat_settings()["text"][language]["reset"], None, None, reset=True)
+        index = self._index()
+        outcome, question = search_and_ask(index, state, language, self._embedder(index))
+        return ChatTurn("", language, compose_reply(outcome, question, language), outcome, question)
+
     def handle(self, message: str, session_id: str | None = None) -> ChatTurn:
         """One turn: ``session_id`` None starts a conversation under a new id; any other must be one
         this engine issued whose session has not expired, else NotFoundError."""
-        settings = chat_settings()
         if session_id is not None and not SESSION_ID.match(session_id):
             raise QueryError("session_id must be 1-64 letters, digits or . _ : -")
-        text = validate_query(message)
-        language = "zh" if has_cjk(text) else "en"
+        validate_query(message)  # before a session is made or looked up
         if session_id is None:
             session_id, stored = new_session_id(), None
         else:
             stored = self._sessions.load(session_id) if ISSUED_SESSION_ID.match(session_id) else None
             if stored is None:
                 raise NotFoundError(UNKNOWN_SESSION)
-        if _matches_phrase(text, settings["reset_phrases"]):
-            # Cleared, not deleted: the id stays its holder's for the next turn.
-            self._sessions.save(session_id, ChatState().to_json(), language)
-            return ChatTurn(session_id, language, settings["text"][language]["reset"], None, None, reset=True)
         state = ChatState.from_json(stored)
-        index = self._index()
-        state, outcome, question = respond(index, state, text, language, self._embedder(index))
-        self._sessions.save(session_id, state.to_json(), language)
-        return ChatTurn(session_id, language, compose_reply(outcome, question, language), outcome, question)
+        turn = self.advance(state, message)
+        # Saved after a reset too: cleared, not deleted, so the id stays its holder's for the next turn.
+        self._sessions.save(session_id, state.to_json(), turn.language)
+        turn.session_id = session_id
+        return turn
 
-    def complete(self, user_messages: list[str]) -> ChatTurn:
-        """A stateless turn over a whole conversation (the OpenAI-compatible endpoint sends it every time)."""
-        if not user_messages:
+    def complete(self, turns: list[tuple[str, str | None]]) -> ChatTurn:
+        """The answer to the last user message of a whole conversation, kept nowhere (the
+        OpenAI-compatible endpoint is sent the whole conversation every time). ``turns`` are the
+        user's messages, each with kbq's reply to it as the client sent it back (None if it
+        sent none). The earlier messages go through the same steps as in a session, and the
+        question each reply ended with is the one its user answered next, as a session
+        remembers it; a turn whose reply is missing is searched again to know its question.
+        So a numbered answer picks an option of the question kbq asked, a question settled
+        is not asked again, and the answer is the one a session would give. Searches cost, so
+        only the last ``max_messages`` turns are searched again (the search reads no more of a
+        conversation); an older turn without its reply counts as one that asked nothing."""
+        if not turns:
             raise QueryError("no user message in the conversation")
-        language = "zh" if has_cjk(user_messages[-1]) else "en"
-        settings = chat_settings()
-        resets = [i for i, m in enumerate(user_messages) if _matches_phrase(m, settings["reset_phrases"])]
-        if resets and resets[-1] == len(user_messages) - 1:
-            return ChatTurn("", language, settings["text"][language]["reset"], None, None, reset=True)
-        messages = user_messages[resets[-1] + 1:] if resets else user_messages
-        state = ChatState(messages=[validate_query(m) for m in messages[:-1]])
-        index = self._index()
-        state, outcome, question = respond(index, state, validate_query(messages[-1]), language, self._embedder(index))
-        return ChatTurn("", language, compose_reply(outcome, question, language), outcome, question)
+        texts = [validate_query(message) for message, _ in turns]  # each one, before any search
+        searched_from = len(turns) - 1 - int(chat_settings()["max_messages"])
+        state = ChatState()
+        for i, (text, (_, reply)) in enumerate(zip(texts[:-1], turns[:-1])):
+            if reply is None and i >= searched_from:
+                self.advance(state, text)
+            elif not self._prepare(state, text):
+                state.pending = question_in(reply) if reply is not None else None
+        return self.advance(state, texts[-1])

@@ -100,3 +100,19 @@ def tokenize(text: str, lexicon: Lexicon, stopwords: Stopwords, matches: list[Ma
 def tokenize_normalized(norm: str, lexicon: Lexicon, stopwords: Stopwords, matches: list[Match]) -> list[str]:
     """:func:`tokenize` of text already passed through :func:`kb.lexicon.normalize`."""
     return word_tokens(norm, stopwords) + cjk_tokens(norm, stopwords) + concept_tokens(matches, lexicon)
+
+
+# What count_tokens counts: a CJK character on its own, or a run of other letters and digits.
+_COUNTED = re.compile(f"[{CJK_CHARS}]|[^\\W_{CJK_CHARS}]+")
+
+
+def count_tokens(text: str) -> int:
+    """The length of a text in units that mean the same in English and Chinese.
+
+    Each Chinese character is one token (a Chinese word is one to three of them, and
+    LLM tokenizers give a character about one token), and so is each run of other
+    letters or digits: a word, a number, 'gemma3'. Punctuation, markup and white space
+    count nothing. Splitting on white space instead would count a whole Chinese
+    sentence as one word.
+    """
+    return sum(1 for _ in _COUNTED.finditer(text))

@@ -7,11 +7,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
-from conftest import KBQ_ENV_PASSED_THROUGH_NEVER
+from conftest import KBQ_ENV_PASSED_THROUGH_NEVER, PG_ENV, _pg_schema_url
 
 REPO = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 30.0
@@ -70,3 +73,29 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+
+@contextmanager
+def ingested_server(base: Path, kind: str, env: dict[str, str]) -> Iterator[tuple[int, str]]:
+    """`kbq serve` on a new database of ``kind`` ("sqlite": a file in ``base``; "postgresql": a
+    private schema, skipped without KBQ_TEST_DB_URL) holding the bundled cases: (port, db)."""
+    schema_urls: Iterator[str] | None = None
+    if kind == "sqlite":
+        db = str(base / "kbq.db")
+    else:
+        pg = os.environ.get(PG_ENV)
+        if not pg:
+            pytest.skip(f"{PG_ENV} not set: PostgreSQL tests skipped")
+        schema_urls = _pg_schema_url(pg)
+        db = next(schema_urls)
+    try:
+        ingest = kbq(env, "ingest", "--db", db)
+        assert ingest.returncode == 0, ingest.stderr
+        proc, port = start(env, db, base / "serve.log")
+        try:
+            yield port, db
+        finally:
+            stop(proc)
+    finally:
+        if schema_urls is not None:
+            next(schema_urls, None)  # drops the private schema

@@ -233,11 +233,12 @@ def _answer_to_option(message: str, pending: dict[str, Any] | None) -> str:
 
 
 def _leader(outcome: SearchOutcome) -> Hit | None:
-    """When there is nothing left to ask, the best candidate is worth showing, hedged, if it
-    scores at least ``best_guess_floor`` of the confidence threshold (noise does not)."""
-    hits = outcome.hits
-    if hits and hits[0].score >= chat_settings()["best_guess_floor"] * outcome.threshold:
-        return hits[0]
+    """When there is nothing left to ask, the best candidate is worth showing, hedged, unless the
+    search abstained: the same "possible match" verdict the CLI, the JSON and the web page give.
+    (A floor on the raw score is no test: scores and the confidence threshold are on different
+    scales, the threshold being a probability.)"""
+    if outcome.hits and not outcome.abstained:
+        return outcome.hits[0]
     return None
 
 

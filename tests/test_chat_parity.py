@@ -205,8 +205,12 @@ def test_abstaining_reply_has_no_fixes_heading(api: httpx.Client, client, report
         turns.append(_chat(api, skip, turns[0]["session_id"]))
     final = turns[-1]
     assert final["abstained"] is True and final["recommended_fixes"] == []
-    assert final["question"] is None and final["cases"], final["reply"]  # a hedged best guess is still shown
+    assert final["question"] is None and final["cases"], final["reply"]  # weak candidates stay in the JSON
     assert not any(heading in final["reply"] for heading in _fixes_headings()), final["reply"]
+    # The reply says honestly that no case fits, as the search does, and puts no case forward.
+    words = chat_settings()["text"][final["language"]]
+    assert final["reply"].startswith(words["no_case"]), final["reply"]
+    assert not any(f"`{case['id']}`" in final["reply"] for case in final["cases"]), final["reply"]
     assert _completion(client, messages, [t["reply"] for t in turns]) == final["reply"]
 
 

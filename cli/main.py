@@ -25,8 +25,8 @@ from kb.runtime import prefer_one_blas_thread
 prefer_one_blas_thread()  # before anything imports numpy
 
 import typer  # noqa: E402
-from typer.core import TyperCommand, TyperGroup
 
+from cli.conventions import KbqTyper, RootGroup
 from kb import __version__
 from kb.errors import KbqError, QueryError, UsageError
 from kb.querytext import MAX_QUERY_CHARS, shown
@@ -35,49 +35,10 @@ from kb.querytext import MAX_QUERY_CHARS, shown
 # Click's base error, from the click Typer runs on: Typer 0.28 carries its own copy of
 # click (typer._click), whose classes are not the installed click package's.
 _CLICK_ERRORS = tuple(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")
-_NO_ARGS_IS_HELP = typer.core._click.exceptions.NoArgsIsHelpError
 
 
-class HelpGroup(TyperGroup):
-    """A command group whose help lists each command with its whole first sentence, wrapped,
-    where click would cut it short with '...'."""
-
-    def format_commands(self, ctx, formatter) -> None:
-        rows = [(name, command.get_short_help_str(limit=10_000))
-                for name, command in ((name, self.get_command(ctx, name)) for name in self.list_commands(ctx))
-                if command is not None and not command.hidden]
-        if rows:
-            with formatter.section("Commands"):
-                formatter.write_dl(rows)
-
-
-class KbqCommand(TyperCommand):
-    """A command whose usage line names a required argument plainly (``kbq show ID``), not in
-    the braces Typer puts around it."""
-
-    def collect_usage_pieces(self, ctx) -> list[str]:
-        return [piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
-                for piece in super().collect_usage_pieces(ctx)]
-
-
-class KbqTyper(typer.Typer):
-    """typer.Typer with kbq's help and usage conventions as defaults: plain help (Typer's rich
-    help reads help texts as markup and drops what is in square brackets), the group and
-    command classes above, ``-h`` as well as ``--help``."""
-
-    def __init__(self, **settings) -> None:
-        settings.setdefault("cls", HelpGroup)
-        settings.setdefault("rich_markup_mode", None)
-        settings.setdefault("no_args_is_help", True)
-        settings.setdefault("context_settings", {"help_option_names": ["-h", "--help"]})
-        super().__init__(**settings)
-
-    def command(self, name=None, *, cls=None, **settings):
-        return super().command(name, cls=cls or KbqCommand, **settings)
-
-
-class QueryByDefault(HelpGroup):
-    """Treat ``kbq [OPTIONS] TEXT [OPTIONS]`` as ``kbq query ...``; report usage errors in one line."""
+class QueryByDefault(RootGroup):
+    """Treat ``kbq [OPTIONS] TEXT [OPTIONS]`` as ``kbq query ...``."""
 
     default_command = "query"
 
@@ -112,62 +73,6 @@ class QueryByDefault(HelpGroup):
                 continue
             return token not in self.commands
         return True  # only options, e.g. `kbq --json`: let `query` report the missing text
-
-    def make_context(self, *args, **kwargs):
-        with _reader_gone_quietly():  # `kbq --help | true`
-            return super().make_context(*args, **kwargs)
-
-    def invoke(self, ctx):
-        with _reader_gone_quietly():
-            result = super().invoke(ctx)
-            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
-            return result
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode: bool = True, **extra):
-        """Run kbq; a usage error (unknown option, missing argument, bad value, unknown
-        command) is one line on stderr naming what is wrong, and exit 2."""
-        if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except _NO_ARGS_IS_HELP as err:  # a bare `kbq db`: its help, as click shows it
-            err.show()
-            code = err.exit_code
-        except _CLICK_ERRORS as err:
-            say(f"kbq: error: {_usage_message(err)}", err=True)
-            code = err.exit_code
-        except typer.Abort:
-            say("kbq: aborted", err=True)
-            code = 1
-        sys.exit(code if isinstance(code, int) else 0)
-
-
-def _usage_message(err) -> str:
-    """Click's message in kbq's style (lower case, no final period), with where to read more."""
-    message = " ".join(err.format_message().split()).rstrip(".")
-    if message[:2].istitle():  # 'No such option' but not 'ID ...'
-        message = message[0].lower() + message[1:]
-    ctx = getattr(err, "ctx", None)
-    return f"{message} (see '{ctx.command_path if ctx is not None else 'kbq'} --help')"
-
-
-@contextmanager
-def _reader_gone_quietly() -> Iterator[None]:
-    """End quietly when whoever reads our output has gone (`kbq ... | head`).
-
-    Python's recipe (signal module docs): point standard output at /dev/null, so the flush at
-    exit cannot fail again, and exit like a tool ended by SIGPIPE (128 + 13) instead of
-    printing an error about a reader that no longer listens."""
-    try:
-        yield
-    except BrokenPipeError:
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
-        except (OSError, ValueError, AttributeError):
-            pass
-        raise typer.Exit(141) from None
 
 
 def _stdin_is_piped() -> bool:

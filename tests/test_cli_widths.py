@@ -9,7 +9,6 @@ The expected ids, URLs and titles come from the same command's ``--json`` output
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 

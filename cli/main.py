@@ -25,8 +25,8 @@ from kb.runtime import prefer_one_blas_thread
 prefer_one_blas_thread()  # before anything imports numpy
 
 import typer  # noqa: E402
-from typer.core import TyperGroup
 
+from cli.conventions import KbqTyper, RootGroup
 from kb import __version__
 from kb.errors import KbqError, QueryError, UsageError
 from kb.querytext import MAX_QUERY_CHARS, shown
@@ -37,19 +37,22 @@ from kb.querytext import MAX_QUERY_CHARS, shown
 _CLICK_ERRORS = tuple(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")
 
 
-class QueryByDefault(TyperGroup):
+class QueryByDefault(RootGroup):
     """Treat ``kbq [OPTIONS] TEXT [OPTIONS]`` as ``kbq query ...``."""
 
     default_command = "query"
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
-        if (args and self._needs_default(ctx, args)) or (not args and _stdin_is_piped()):
-            # `cat issue.md | kbq` asks the query on standard input; a bare `kbq` at a terminal shows help.
+        # `cat issue.md | kbq` asks the query on standard input; a bare `kbq` at a terminal shows help.
+        # A completion request (resilient parsing) is never a query read from standard input.
+        piped = not args and not ctx.resilient_parsing and _stdin_is_piped()
+        if (args and self._needs_default(ctx, args)) or piped:
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 
     def _needs_default(self, ctx, args: list[str]) -> bool:
-        if args[0] in ("--help", "-h", "--version"):
+        own_options = {name for param in self.get_params(ctx) for name in (*param.opts, *param.secondary_opts)}
+        if args[0] in own_options:  # --help, -V, --install-completion...: the group's own
             return False
         command = self.get_command(ctx, self.default_command)
         takes_value = {
@@ -95,21 +98,19 @@ def _stdin_is_piped() -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode)
 
 
-app = typer.Typer(
+app = KbqTyper(
     cls=QueryByDefault,
     help="Troubleshoot LLM training runs from documented past incidents.\n\n"
     'Ask:  kbq "gemma3 loss 70 zero3"   (same as: kbq query "...")',
-    add_completion=False,
     pretty_exceptions_enable=False,
-    no_args_is_help=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
 )
-db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+db_app = KbqTyper(help="Database schema (Alembic migrations).")
 app.add_typer(db_app, name="db")
-import_app = typer.Typer(help="Draft cases from write-ups and GitHub issue threads.", no_args_is_help=True)
+import_app = KbqTyper(help="Draft cases from write-ups and GitHub issue threads.")
 app.add_typer(import_app, name="import")
 
-DbOption = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL [env KBQ_DB; default: per-user database]")
+DbOption = typer.Option(None, "--db", metavar="PATH_OR_URL",
+                        help="SQLite file or SQLAlchemy URL [env KBQ_DB; default: per-user database]")
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON (schema in README).")
 
 
@@ -121,7 +122,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    version: bool = typer.Option(False, "-V", "--version", callback=_version, is_eager=True, help="Show the version and exit."),
 ) -> None:
     """Troubleshoot LLM training runs from documented past incidents."""
 
@@ -140,7 +141,7 @@ def failures() -> Iterator[None]:
     except KbqError as err:
         say(f"kbq: error: {err}", err=True)
         raise typer.Exit(err.exit_code) from None
-    except (typer.Exit, typer.Abort, *_CLICK_ERRORS):
+    except (typer.Exit, typer.Abort, BrokenPipeError, *_CLICK_ERRORS):
         raise
     except KeyboardInterrupt:
         typer.echo("kbq: interrupted", err=True)
@@ -237,11 +238,11 @@ def query_command(
         show_default=False,
     ),
     file: Optional[Path] = typer.Option(None, "--file", metavar="PATH", help="Read the query from a UTF-8 text file."),
-    top: int = typer.Option(5, "-k", "--top", min=1, max=100, help="How many cases to show."),
+    top: int = typer.Option(5, "-k", "--top", min=1, max=100, metavar="N", help="How many cases to show."),
     as_json: bool = JsonOption,
-    model: Optional[str] = typer.Option(None, "--model", help="Only cases of this model or family (e.g. gemma-3, qwen)."),
-    framework: Optional[str] = typer.Option(None, "--framework", help="Only cases of this framework (e.g. llama-factory)."),
-    tag: Optional[str] = typer.Option(None, "--tag", help="Only cases carrying this tag."),
+    model: Optional[str] = typer.Option(None, "--model", metavar="NAME", help="Only cases of this model or family (e.g. gemma-3, qwen)."),
+    framework: Optional[str] = typer.Option(None, "--framework", metavar="NAME", help="Only cases of this framework (e.g. llama-factory)."),
+    tag: Optional[str] = typer.Option(None, "--tag", metavar="TAG", help="Only cases carrying this tag."),
     db: Optional[str] = DbOption,
 ) -> None:
     """Find the documented incidents closest to a symptom, with the fixes that worked."""
@@ -275,10 +276,10 @@ def show_command(case_id: str = typer.Argument(..., metavar="ID"), as_json: bool
 
 @app.command("list")
 def list_command(
-    model: Optional[str] = typer.Option(None, "--model"),
-    framework: Optional[str] = typer.Option(None, "--framework"),
-    tag: Optional[str] = typer.Option(None, "--tag"),
-    status: Optional[str] = typer.Option(None, "--status", help="reviewed or draft"),
+    model: Optional[str] = typer.Option(None, "--model", metavar="NAME", help="Only cases of this model or family (e.g. gemma-3, qwen)."),
+    framework: Optional[str] = typer.Option(None, "--framework", metavar="NAME", help="Only cases of this framework (e.g. llama-factory)."),
+    tag: Optional[str] = typer.Option(None, "--tag", metavar="TAG", help="Only cases carrying this tag."),
+    status: Optional[str] = typer.Option(None, "--status", metavar="STATUS", help="Only reviewed or only draft cases."),
     as_json: bool = JsonOption,
     db: Optional[str] = DbOption,
 ) -> None:
@@ -316,7 +317,8 @@ def stats_command(as_json: bool = JsonOption, db: Optional[str] = DbOption) -> N
 
 @app.command("ingest")
 def ingest_command(
-    paths: Optional[List[Path]] = typer.Argument(None, help="Case files or directories [default: the bundled cases]."),
+    paths: Optional[List[Path]] = typer.Argument(None, metavar="PATH...", show_default=False,
+                                                 help="Case files or directories [default: the bundled cases]."),
     include_drafts: bool = typer.Option(False, "--include-drafts", help="Also load cases marked status: draft."),
     db: Optional[str] = DbOption,
 ) -> None:
@@ -331,7 +333,7 @@ def ingest_command(
 
 @app.command("export")
 def export_command(
-    directory: Path = typer.Argument(..., metavar="DIR"),
+    directory: Path = typer.Argument(..., metavar="DIR", help="Folder to write the case files into (created if missing)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace case files that already exist in DIR."),
     db: Optional[str] = DbOption,
 ) -> None:
@@ -362,7 +364,7 @@ def _write_drafts(cases, out: Optional[Path], overwrite: bool, db: Optional[str]
         say(f"draft: {path}")
 
 
-OutOption = typer.Option(None, "--out", help="Write one <id>.yaml per draft into this directory instead of printing YAML.")
+OutOption = typer.Option(None, "--out", metavar="DIR", help="Write one <id>.yaml per draft into this directory instead of printing YAML.")
 OverwriteOption = typer.Option(False, "--overwrite", help="Replace files that already exist in --out.")
 DuplicatesOption = typer.Option(False, "--allow-duplicates",
                                 help="Also write drafts of threads that a case (bundled, stored or in --out) already documents.")
@@ -400,7 +402,8 @@ def import_github_command(
 
 @app.command("review")
 def review_command(
-    paths: Optional[List[Path]] = typer.Argument(None, help="Case files or directories to look for drafts in [default: the bundled cases]."),
+    paths: Optional[List[Path]] = typer.Argument(None, metavar="PATH...", show_default=False,
+                                                 help="Case files or directories to look for drafts in [default: the bundled cases]."),
     as_json: bool = JsonOption,
     db: Optional[str] = DbOption,
 ) -> None:
@@ -428,9 +431,9 @@ def review_command(
 @app.command("eval")
 def eval_command(
     queries: Path = typer.Argument(..., metavar="QUERIES.jsonl", help="Lines of {query, expected: [case ids or sources], kind?}."),
-    split: str = typer.Option("all", "--split", help="all, dev (70%) or heldout (30%), split by a hash of the query."),
+    split: str = typer.Option("all", "--split", metavar="SPLIT", help="all, dev (70%) or heldout (30%), split by a hash of the query."),
     as_json: bool = JsonOption,
-    show_misses: int = typer.Option(20, "--misses", help="How many misses to list."),
+    show_misses: int = typer.Option(20, "--misses", metavar="N", help="How many misses to list."),
     db: Optional[str] = DbOption,
 ) -> None:
     """Measure retrieval: MRR, recall@1/3/5, abstention accuracy, and the misses."""
@@ -446,9 +449,9 @@ def eval_command(
 
 @app.command("serve")
 def serve_command(
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8000, "--port", min=1, max=65535),
-    workers: int = typer.Option(1, "--workers", min=1, max=64, help="Processes; each holds its own copy of the index."),
+    host: str = typer.Option("127.0.0.1", "--host", metavar="HOST", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, metavar="PORT", help="Port to listen on."),
+    workers: int = typer.Option(1, "--workers", min=1, max=64, metavar="N", help="Processes; each holds its own copy of the index."),
     db: Optional[str] = DbOption,
 ) -> None:
     """Serve the HTTP API and chat backend (FastAPI + uvicorn) on the same case base as the CLI."""
@@ -480,8 +483,8 @@ def mcp_command(
 
 @app.command("feedback")
 def feedback_command(
-    limit: int = typer.Option(50, "--limit", min=1, max=10000),
-    case_id: Optional[str] = typer.Option(None, "--case"),
+    limit: int = typer.Option(50, "--limit", min=1, max=10000, metavar="N", help="How many items to show."),
+    case_id: Optional[str] = typer.Option(None, "--case", metavar="ID", help="Only feedback on this case."),
     as_json: bool = JsonOption,
     db: Optional[str] = DbOption,
 ) -> None:
@@ -499,7 +502,8 @@ def feedback_command(
 
 
 @db_app.command("upgrade")
-def db_upgrade(revision: str = typer.Option("head", "--revision"), db: Optional[str] = DbOption) -> None:
+def db_upgrade(revision: str = typer.Option("head", "--revision", metavar="REV", help="Target revision."),
+               db: Optional[str] = DbOption) -> None:
     """Create or upgrade the schema."""
     with failures():
         kb = _kb(db)
@@ -508,7 +512,7 @@ def db_upgrade(revision: str = typer.Option("head", "--revision"), db: Optional[
 
 @db_app.command("downgrade")
 def db_downgrade(
-    revision: str = typer.Argument(..., help="Target revision, e.g. base"),
+    revision: str = typer.Argument(..., metavar="REV", help="Target revision, e.g. base"),
     yes: bool = typer.Option(False, "--yes", help="Confirm: a downgrade drops tables and the data in them."),
     db: Optional[str] = DbOption,
 ) -> None:

@@ -83,6 +83,11 @@ def test_wheel_contents(wheel: Path) -> None:
         assert required in names, required
     assert not any(n.startswith("tests/") for n in names)
     with zipfile.ZipFile(wheel) as archive:
+        metadata = archive.read("kbq-0.1.0.dist-info/METADATA").decode("utf-8")
+        licence = archive.read("kbq-0.1.0.dist-info/licenses/LICENSE")
+    assert "License-Expression: Apache-2.0" in metadata.splitlines() and "License-File: LICENSE" in metadata.splitlines()
+    assert licence == (REPO / "LICENSE").read_bytes()
+    with zipfile.ZipFile(wheel) as archive:
         entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         assert "kbq = cli.main:run" in archive.read(entry_points).decode()
         for name in CASE_FILES:

@@ -469,10 +469,10 @@ def serve_command(
 @app.command("mcp")
 def mcp_command(
     http: bool = typer.Option(False, "--http", help="Serve streamable HTTP on 127.0.0.1 instead of stdio."),
-    port: Optional[int] = typer.Option(None, "--port", min=1, max=65535, help="Port for --http (default 8765)."),
+    port: Optional[int] = typer.Option(None, "--port", metavar="PORT", min=1, max=65535, help="Port for --http (default 8765)."),
     db: Optional[str] = DbOption,
 ) -> None:
-    """Serve the case base to coding agents (Claude Code, Cursor, Codex...) over MCP, on stdio by default."""
+    """Serve the case base to coding agents (Claude Code, Cursor, Codex and others) over MCP, on stdio by default."""
     with failures():
         if port is not None and not http:
             raise UsageError("--port applies to --http only; the default transport is stdio")

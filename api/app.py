@@ -31,6 +31,7 @@ from kb.retriever import Filters as CoreFilters
 from kb.service import KnowledgeBase
 
 from . import schemas
+from .github_webhook import github_router
 from .limits import BodyLimit, PlainQueryString
 from .limits import error_response as _error
 
@@ -280,6 +281,7 @@ def create_app(kb: KnowledgeBase | None = None) -> FastAPI:
                       "total_tokens": prompt_tokens + completion_tokens},
         }
 
+    app.include_router(github_router(knowledge))  # POST /v1/github/webhook: the GitHub issue bot
     return app
 
 

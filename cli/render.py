@@ -17,6 +17,7 @@ from rich.text import Text
 
 from kb.querytext import shown
 from kb.results import Hit, SearchOutcome
+from kb.similarity import value_text as _value
 
 console = Console(highlight=False, soft_wrap=False)
 
@@ -29,14 +30,6 @@ def _text(value: Any, style: str = "") -> Text:
 def _markup(value: Any) -> str:
     """Data to put in a markup string: control characters shown as escapes, markup escaped."""
     return escape(shown(str(value)))
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, list):
-        return ", ".join(_value(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
 
 
 def _features_line(features: dict[str, list]) -> str:

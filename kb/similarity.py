@@ -34,6 +34,15 @@ class FeatureScore:
     contribution: float = 0.0
 
 
+def value_text(value: Any) -> str:
+    """A feature value as people write it: list items joined, numbers without trailing zeros."""
+    if isinstance(value, list):
+        return ", ".join(value_text(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
 def log_ratio(a: float, b: float, span: float) -> float:
     a, b = max(float(a), _FLOOR), max(float(b), _FLOOR)
     return max(0.0, 1.0 - abs(math.log(a / b)) / math.log(span))

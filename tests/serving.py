@@ -7,11 +7,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
-from conftest import KBQ_ENV_PASSED_THROUGH_NEVER
+from conftest import KBQ_ENV_PASSED_THROUGH_NEVER, PG_ENV, _pg_schema_url
 
 REPO = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 30.0
@@ -21,6 +24,23 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def served_database(kind: str, base: Path) -> Iterator[str]:
+    """The database a served test module runs on: a SQLite file in ``base``, or a private
+    PostgreSQL schema, dropped afterwards (the test is skipped when KBQ_TEST_DB_URL is not set)."""
+    if kind == "sqlite":
+        yield str(base / "kbq.db")
+        return
+    pg = os.environ.get(PG_ENV)
+    if not pg:
+        pytest.skip(f"{PG_ENV} not set: PostgreSQL tests skipped")
+    schema_urls = _pg_schema_url(pg)
+    try:
+        yield next(schema_urls)
+    finally:
+        next(schema_urls, None)  # drops the private schema
 
 
 def base_env(home: Path, **extra: str) -> dict[str, str]:

@@ -25,9 +25,10 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import PG_ENV, _pg_schema_url
+from conftest import PG_ENV
 from serving import base_env as _base_env
 from serving import kbq as _kbq
+from serving import served_database
 from serving import start as _start
 from serving import stop as _stop
 
@@ -68,18 +69,9 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     base = tmp_path_factory.mktemp(f"api-{request.param}")
     home = base / "home"
     home.mkdir()
-    schema_urls: Iterator[str] | None = None
-    if request.param == "sqlite":
-        db = str(base / "kbq.db")
-    else:
-        pg = os.environ.get(PG_ENV)
-        if not pg:
-            pytest.skip(f"{PG_ENV} not set: PostgreSQL tests skipped")
-        schema_urls = _pg_schema_url(pg)
-        db = next(schema_urls)
     token = secrets.token_urlsafe(24)
     env = _base_env(home, KBQ_API_TOKEN=token)
-    try:
+    with served_database(request.param, base) as db:
         ingest = _kbq(env, "ingest", "--db", db)
         assert ingest.returncode == 0, ingest.stderr
         proc, port = _start(env, db, base / "serve.log")
@@ -87,9 +79,6 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             yield Server(f"http://127.0.0.1:{port}", port, db, home, token, env, _bundled_count())
         finally:
             _stop(proc)
-    finally:
-        if schema_urls is not None:
-            next(schema_urls, None)  # drops the private schema
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import secrets
 import threading
 import uuid
@@ -23,9 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import PG_ENV, _pg_schema_url
 from fake_github import FakeGitHubServer
-from serving import base_env, free_port, kbq, start, stop
+from serving import base_env, free_port, kbq, served_database, start, stop
 
 from kb.db import migrate
 from kb.db.github_answers import GitHubAnswerStore
@@ -133,28 +131,15 @@ def bot(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     base = tmp_path_factory.mktemp(f"github-bot-{request.param}")
     home = base / "home"
     home.mkdir()
-    schema_urls: Iterator[str] | None = None
-    if request.param == "sqlite":
-        db = str(base / "kbq.db")
-    else:
-        pg = os.environ.get(PG_ENV)
-        if not pg:
-            pytest.skip(f"{PG_ENV} not set: PostgreSQL tests skipped")
-        schema_urls = _pg_schema_url(pg)
-        db = next(schema_urls)
-    try:
-        with FakeGitHubServer(TOKEN) as github:
-            env = _bot_env(home, github.url)
-            ingest = kbq(env, "ingest", "--db", db)
-            assert ingest.returncode == 0, ingest.stderr
-            proc, port = start(env, db, base / "serve.log")
-            try:
-                yield Bot(request.param, f"http://127.0.0.1:{port}", db, home, env, github, base)
-            finally:
-                stop(proc)
-    finally:
-        if schema_urls is not None:
-            next(schema_urls, None)
+    with served_database(request.param, base) as db, FakeGitHubServer(TOKEN) as github:
+        env = _bot_env(home, github.url)
+        ingest = kbq(env, "ingest", "--db", db)
+        assert ingest.returncode == 0, ingest.stderr
+        proc, port = start(env, db, base / "serve.log")
+        try:
+            yield Bot(request.param, f"http://127.0.0.1:{port}", db, home, env, github, base)
+        finally:
+            stop(proc)
 
 
 # -- the webhook --------------------------------------------------------------------------------

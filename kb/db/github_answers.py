@@ -15,20 +15,16 @@ Like feedback and chat sessions, none of this touches the case base's revision.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import Connection, and_, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
-from kb.db._base import StoreBase, schema_version, utc
+from kb.db._base import CONFLICT_INSERTS, SideStore, utc
 from kb.db.schema import GitHubAnswerRow, GitHubDeliveryRow
 
 CLAIMED = "claimed"
 POSTED = "posted"
-_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 _ANSWERS = GitHubAnswerRow.__table__
 _DELIVERIES = GitHubDeliveryRow.__table__
 
@@ -62,7 +58,7 @@ class Delivery:
     handled_at: datetime
 
 
-class GitHubAnswerStore(StoreBase):
+class GitHubAnswerStore(SideStore):
     """Claims, answers and handled deliveries in a kbq database (SQLite file or PostgreSQL URL)."""
 
     def answer(self, repo: str, issue_number: int) -> Answer | None:
@@ -125,21 +121,6 @@ class GitHubAnswerStore(StoreBase):
         with self._write() as conn:
             return _record(conn, delivery_id, repo, issue_number, outcome, _now(now))
 
-    # -- transactions ------------------------------------------------------
-
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with super()._read() as conn:
-            self._require_head(schema_version(conn))
-            yield conn
-
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self._begin_write() as conn:
-            self._require_head(schema_version(conn))
-            yield conn
-
-
 def _issue(repo: str, issue_number: int):
     return and_(GitHubAnswerRow.repo == repo.lower(), GitHubAnswerRow.issue_number == issue_number)
 
@@ -153,7 +134,7 @@ def _record(conn: Connection, delivery_id: str, repo: str, issue_number: int, ou
 def _insert_new(conn: Connection, table: type, values: dict, key: list[str]) -> bool:
     """Insert the row unless its key exists; whether it was inserted. Told by RETURNING, not by
     the row count, which the PostgreSQL driver does not report for an INSERT here."""
-    statement = _INSERTS[conn.dialect.name](table).values(**values).on_conflict_do_nothing(index_elements=key)
+    statement = CONFLICT_INSERTS[conn.dialect.name](table).values(**values).on_conflict_do_nothing(index_elements=key)
     return conn.execute(statement.returning(*(getattr(table, name) for name in key))).first() is not None
 
 

@@ -16,6 +16,7 @@ Order of work for a delivery, cheapest refusal first:
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -58,15 +59,17 @@ class IssueBot:
         self.kb = kb
         self.client = client
         self._answers: GitHubAnswerStore | None = None
+        self._opening = threading.Lock()
 
     def store(self) -> GitHubAnswerStore:
         """The record of answers (one engine for the bot's lifetime), in the case base's database."""
-        if self._answers is None:
-            from ..db.github_answers import GitHubAnswerStore
+        with self._opening:
+            if self._answers is None:
+                from ..db.github_answers import GitHubAnswerStore
 
-            self.kb.ensure_ready()  # the default database is migrated here, as for every first use
-            self._answers = GitHubAnswerStore(self.kb.url)
-        return self._answers
+                self.kb.ensure_ready()  # the default database is migrated here, as for every first use
+                self._answers = GitHubAnswerStore(self.kb.url)
+            return self._answers
 
     def suggest(self, issue: Issue) -> Suggestion:
         """Search the issue and decide; no side effect."""

@@ -25,6 +25,7 @@ from ..lexicon import detect_language
 from ..paths import data_file
 from ..report import clean_report
 from ..results import Hit, RecommendedFix, SearchOutcome
+from ..similarity import value_text
 from .issue import Issue, IssueRef
 
 _CODE_SPAN = re.compile(r"`[^`\n]+`")
@@ -135,10 +136,10 @@ def why(hit: Hit, language: str) -> list[str]:
     for feature in hit.matched_features:
         name = names.get(feature.name, feature.name)
         if feature.similarity >= 0.99:
-            reasons.append(words["same"].format(name=name, value=markdown_text(_value(feature.case))))
+            reasons.append(words["same"].format(name=name, value=markdown_text(value_text(feature.case))))
         else:
-            reasons.append(words["similar"].format(name=name, query=markdown_text(_value(feature.query)),
-                                                   case=markdown_text(_value(feature.case))))
+            reasons.append(words["similar"].format(name=name, query=markdown_text(value_text(feature.query)),
+                                                   case=markdown_text(value_text(feature.case))))
     terms = [term.split(":", 1)[-1] for term, _ in hit.text.terms[: int(settings["max_terms"])]]
     if terms:
         reasons.append(words["terms"].format(terms=words["list_separator"].join(f"`{t}`" for t in terms if "`" not in t)))
@@ -157,14 +158,6 @@ def _fixes(fixes: list[RecommendedFix], words: dict[str, str], limit: int) -> li
         cases = ", ".join(f"`{case_id}`" for case_id in fix.cases)
         lines.append(f"{number}. {markdown_text(fix.action)} ({words['from']} {cases})")
     return lines + [""]
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, list):
-        return ", ".join(_value(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
 
 
 def markdown_text(text: str) -> str:

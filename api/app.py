@@ -32,6 +32,7 @@ from kb.service import KnowledgeBase
 from kb.tokenize import count_tokens
 
 from . import schemas
+from .github_webhook import github_router
 from .limits import BodyLimit, PlainQueryString
 from .limits import error_response as _error
 
@@ -283,6 +284,8 @@ def create_app(kb: KnowledgeBase | None = None) -> FastAPI:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": turn.reply}, "finish_reason": "stop"}],
             "usage": usage,
         }
+
+    app.include_router(github_router(knowledge))  # POST /v1/github/webhook: the GitHub issue bot
 
     from .web import attach as attach_web  # here: it imports this module
 

@@ -535,6 +535,11 @@ def db_current(db: Optional[str] = DbOption) -> None:
         say(f"{kb.describe()}: schema at revision {kb.schema_revision() or 'base (empty)'}")
 
 
+from cli.github_command import github_app  # noqa: E402 - Typer only; it uses the helpers above
+
+app.add_typer(github_app(failures, say, _kb, DbOption), name="github")
+
+
 def run() -> None:
     """Console-script entry point."""
     app(prog_name="kbq")

@@ -26,6 +26,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextmanager
+def served_database(kind: str, base: Path) -> Iterator[str]:
+    """The database a served test module runs on: a SQLite file in ``base``, or a private
+    PostgreSQL schema, dropped afterwards (the test is skipped when KBQ_TEST_DB_URL is not set)."""
+    if kind == "sqlite":
+        yield str(base / "kbq.db")
+        return
+    pg = os.environ.get(PG_ENV)
+    if not pg:
+        pytest.skip(f"{PG_ENV} not set: PostgreSQL tests skipped")
+    schema_urls = _pg_schema_url(pg)
+    try:
+        yield next(schema_urls)
+    finally:
+        next(schema_urls, None)  # drops the private schema
+
+
 def base_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in KBQ_ENV_PASSED_THROUGH_NEVER and k != "KBQ_API_TOKEN"}
     env.update({"KBQ_HOME": str(home), "COLUMNS": "120", "PYTHONUNBUFFERED": "1"})
@@ -77,18 +94,8 @@ def stop(proc: subprocess.Popen) -> None:
 
 @contextmanager
 def ingested_server(base: Path, kind: str, env: dict[str, str]) -> Iterator[tuple[int, str]]:
-    """`kbq serve` on a new database of ``kind`` ("sqlite": a file in ``base``; "postgresql": a
-    private schema, skipped without KBQ_TEST_DB_URL) holding the bundled cases: (port, db)."""
-    schema_urls: Iterator[str] | None = None
-    if kind == "sqlite":
-        db = str(base / "kbq.db")
-    else:
-        pg = os.environ.get(PG_ENV)
-        if not pg:
-            pytest.skip(f"{PG_ENV} not set: PostgreSQL tests skipped")
-        schema_urls = _pg_schema_url(pg)
-        db = next(schema_urls)
-    try:
+    """`kbq serve` on a new database of ``kind`` (see served_database) holding the bundled cases: (port, db)."""
+    with served_database(kind, base) as db:
         ingest = kbq(env, "ingest", "--db", db)
         assert ingest.returncode == 0, ingest.stderr
         proc, port = start(env, db, base / "serve.log")
@@ -96,6 +103,3 @@ def ingested_server(base: Path, kind: str, env: dict[str, str]) -> Iterator[tupl
             yield port, db
         finally:
             stop(proc)
-    finally:
-        if schema_urls is not None:
-            next(schema_urls, None)  # drops the private schema

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from kb import __version__
+from kb.db.migrate import HEAD
 from kb.db.store import CaseStore
 from kb.paths import bundled_cases_dir
 
@@ -700,8 +701,8 @@ def test_db_upgrade_current_downgrade(tmp_path: Path, cases_dir: Path, kbq_home:
     assert "base (empty)" in ok(invoke("db", "current", "--db", str(db)))
     assert not db.exists(), "`db current` must not create the file"
 
-    assert ok(invoke("db", "upgrade", "--db", str(db))).strip().endswith("schema at revision 0002")
-    assert ok(invoke("db", "current", "--db", str(db))).strip().endswith("schema at revision 0002")
+    assert ok(invoke("db", "upgrade", "--db", str(db))).strip().endswith(f"schema at revision {HEAD}")
+    assert ok(invoke("db", "current", "--db", str(db))).strip().endswith(f"schema at revision {HEAD}")
     assert "0 case(s)" in ok(invoke("list", "--db", str(db)))
     assert f"{N} added" in ok(invoke("ingest", str(cases_dir), "--db", str(db)))
 
@@ -716,7 +717,7 @@ def test_db_upgrade_current_downgrade(tmp_path: Path, cases_dir: Path, kbq_home:
     line = one_error(invoke("--db", str(db), GEMMA_QUERY))
     assert "no kbq schema" in line and "kbq db upgrade" in line
 
-    assert "schema at revision 0002" in ok(invoke("db", "upgrade", "--db", str(db)))
+    assert f"schema at revision {HEAD}" in ok(invoke("db", "upgrade", "--db", str(db)))
     assert "0 case(s)" in ok(invoke("list", "--db", str(db)))
     assert f"{N} added" in ok(invoke("ingest", str(cases_dir), "--db", str(db)))
     assert as_json(invoke("--json", GEMMA_QUERY, "--db", str(db)))["results"][0]["id"] == GEMMA_CASE
@@ -724,8 +725,8 @@ def test_db_upgrade_current_downgrade(tmp_path: Path, cases_dir: Path, kbq_home:
 
 def test_db_commands_on_each_backend(db_url: str, kbq_home: Path) -> None:
     assert "base (empty)" in ok(invoke("db", "current", "--db", db_url))
-    assert "schema at revision 0002" in ok(invoke("db", "upgrade", "--db", db_url))
-    assert "schema at revision 0002" in ok(invoke("db", "current", "--db", db_url))
+    assert f"schema at revision {HEAD}" in ok(invoke("db", "upgrade", "--db", db_url))
+    assert f"schema at revision {HEAD}" in ok(invoke("db", "current", "--db", db_url))
     assert "schema at revision base" in ok(invoke("db", "downgrade", "base", "--yes", "--db", db_url))
     assert "base (empty)" in ok(invoke("db", "current", "--db", db_url))
 

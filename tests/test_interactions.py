@@ -50,10 +50,10 @@ def test_upgrade_from_0001_keeps_cases(db_url: str) -> None:
             conn.execute(text("UPDATE kbq_meta SET value = 'rev-1' WHERE key = 'revision'"))
     finally:
         engine.dispose()
-    with InteractionStore(db_url) as store, pytest.raises(DatabaseError, match="is at schema 0001, kbq needs 0002"):
+    with InteractionStore(db_url) as store, pytest.raises(DatabaseError, match=f"is at schema 0001, kbq needs {migrate.HEAD}"):
         store.list_feedback()
 
-    assert migrate.upgrade(db_url) == "0002" == migrate.HEAD
+    assert migrate.upgrade(db_url) == migrate.HEAD
     assert NEW_TABLES <= _tables(db_url)
     with CaseStore(db_url) as cases:
         old = cases.get("old-case")
@@ -77,9 +77,9 @@ def test_downgrade_to_0001_drops_only_the_new_tables(db_url: str, make_case) -> 
     assert not NEW_TABLES & tables and {"cases", "kbq_meta"} <= tables
     with CaseStore(db_url) as cases:
         assert [c.id for c in cases.all()] == ["case-a", "case-b"] and cases.revision() == revision
-        with pytest.raises(DatabaseError, match=r"is at schema 0001, kbq needs 0002: run `kbq db upgrade`$"):
+        with pytest.raises(DatabaseError, match=rf"is at schema 0001, kbq needs {migrate.HEAD}: run `kbq db upgrade`$"):
             cases.upsert([make_case("case-c")])
-    with InteractionStore(db_url) as store, pytest.raises(DatabaseError, match="is at schema 0001, kbq needs 0002"):
+    with InteractionStore(db_url) as store, pytest.raises(DatabaseError, match=f"is at schema 0001, kbq needs {migrate.HEAD}"):
         store.add_feedback("q", "case-a", True)
 
     assert migrate.upgrade(db_url) == migrate.HEAD

@@ -66,6 +66,8 @@ def test_wheel_contents(wheel: Path) -> None:
         "kb/_bundled/migrations/env.py",
         "kb/_bundled/migrations/versions/0001_initial.py",
         "kb/_bundled/migrations/versions/0002_feedback_and_chat.py",
+        "kb/_bundled/migrations/versions/0003_github_bot.py",
+        "kb/data/github_bot.yaml",
         "kb/data/chat.yaml",
         "api/app.py",
         "kb/data/lexicon.yaml",

@@ -16,12 +16,16 @@ from datetime import datetime, timezone
 from typing import Self
 
 from sqlalchemy import Connection, text
+from sqlalchemy.dialects import postgresql, sqlite
 
 from kb.db._common import locked_message, no_schema_message, resolve_lock_timeout
 from kb.db.engine import describe, make_engine, normalize_url, reader, translate_errors
 from kb.db.migrate import HEAD
 from kb.errors import DatabaseError
 
+
+# The dialects' INSERT with ON CONFLICT, for writes that must be atomic under concurrency.
+CONFLICT_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 # One lock per SQLite database for the writers of this process (see StoreBase._writer_turn).
 _SQLITE_WRITERS: dict[str, threading.RLock] = {}
@@ -97,6 +101,25 @@ class StoreBase:
             raise DatabaseError(
                 f"database {describe(self.url)} is at schema {version}, kbq needs {HEAD}: run `kbq db upgrade`"
             )
+
+
+class SideStore(StoreBase):
+    """A store of tables beside the case base (feedback, chat sessions, the GitHub bot's
+    answers): its transactions check the schema is the one this code knows, so an old
+    database is told to upgrade rather than failing with "no such table", and its writes
+    leave the case base's ``revision`` alone."""
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with super()._read() as conn:
+            self._require_head(schema_version(conn))
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._begin_write() as conn:
+            self._require_head(schema_version(conn))
+            yield conn
 
 
 def schema_version(conn: Connection) -> str | None:

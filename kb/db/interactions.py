@@ -13,23 +13,20 @@ A session whose ``expires_at`` is not after ``now`` counts as gone.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import Connection, Select, case, delete, func, insert, literal, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
-from kb.db._base import StoreBase, schema_version, utc
+from kb.db._base import CONFLICT_INSERTS, SideStore, utc
 from kb.db.schema import ChatSessionRow, FeedbackRow
 from kb.querytext import control_character
 
 CASE_ID_MAX = 120
 SESSION_ID_MAX = 64
 LANGUAGE_MAX = 8
-_UPSERT_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+_UPSERT_INSERTS = CONFLICT_INSERTS
 
 
 @dataclass(frozen=True)
@@ -56,7 +53,7 @@ class ChatState:
     expires_at: datetime
 
 
-class InteractionStore(StoreBase):
+class InteractionStore(SideStore):
     """Feedback and chat sessions in a kbq database (SQLite file or PostgreSQL URL)."""
 
     # -- feedback ----------------------------------------------------------
@@ -156,23 +153,6 @@ class InteractionStore(StoreBase):
         now = _now(now)
         with self._write() as conn:
             return conn.execute(delete(ChatSessionRow).where(ChatSessionRow.expires_at <= now)).rowcount
-
-    # -- transactions ------------------------------------------------------
-
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        """A read at the expected schema: a 0001 database is told to upgrade, not "no such table"."""
-        with super()._read() as conn:
-            self._require_head(schema_version(conn))
-            yield conn
-
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """A write transaction at the expected schema, leaving ``revision`` alone."""
-        with self._begin_write() as conn:
-            self._require_head(schema_version(conn))
-            yield conn
-
 
 def _upsert_session(conn: Connection, values: dict[str, Any], now: datetime) -> None:
     """Insert or update one session row, atomically where the dialect allows."""

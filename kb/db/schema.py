@@ -4,7 +4,8 @@ The whole case lives in ``cases.document`` (JSON) so the pydantic model stays
 the single definition of a case; the other columns are copies of the fields
 we filter on. ``sqlalchemy.JSON`` keeps SQLite and PostgreSQL identical.
 ``feedback`` and ``chat_sessions`` hold what users do with the case base,
-not the case base itself. The migrations up to head must create exactly
+not the case base itself; ``github_answers`` and ``github_deliveries`` what
+the GitHub issue bot did. The migrations up to head must create exactly
 this (a test compares them).
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Integer, MetaData, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Fixed names, so migrations and autogenerate agree on every dialect.
@@ -86,8 +87,45 @@ class ChatSessionRow(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
+class GitHubAnswerRow(Base):
+    """The GitHub issue bot's answer to one issue: its primary key is the claim.
+
+    A row is inserted (``state`` 'claimed', a random ``claim`` token) before the
+    comment is posted, so two deliveries cannot both post; it becomes 'posted'
+    with the comment's id and URL, or is deleted when the post fails.
+    ``repo`` is 'owner/name' in lower case (GitHub names ignore case).
+    """
+
+    __tablename__ = "github_answers"
+
+    repo: Mapped[str] = mapped_column(String(140), primary_key=True)
+    issue_number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    state: Mapped[str] = mapped_column(String(16))
+    claim: Mapped[str] = mapped_column(String(64))
+    delivery_id: Mapped[str | None] = mapped_column(String(100))
+    comment_id: Mapped[int | None] = mapped_column(BigInteger)
+    comment_url: Mapped[str | None] = mapped_column(Text)
+    case_ids: Mapped[list[str] | None] = mapped_column(JSON)
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    posted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class GitHubDeliveryRow(Base):
+    """A webhook delivery (``X-GitHub-Delivery``) the bot saw through: a redelivery does nothing."""
+
+    __tablename__ = "github_deliveries"
+
+    delivery_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    repo: Mapped[str] = mapped_column(String(140))
+    issue_number: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(32))
+    handled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 metadata = Base.metadata
 cases_table = CaseRow.__table__
 meta_table = MetaRow.__table__
 feedback_table = FeedbackRow.__table__
 chat_sessions_table = ChatSessionRow.__table__
+github_answers_table = GitHubAnswerRow.__table__
+github_deliveries_table = GitHubDeliveryRow.__table__

@@ -12,11 +12,13 @@ from typing import Callable, ContextManager, Optional
 
 import typer
 
+from cli.conventions import KbqTyper
+
 
 def github_app(failures: Callable[[], ContextManager[None]], say: Callable[..., None],
                open_kb: Callable[[Optional[str]], object], db_option) -> typer.Typer:
     """The ``github`` sub-app, using the main app's error handling, output and database option."""
-    app = typer.Typer(help="The GitHub issue bot: suggest documented cases on an issue.", no_args_is_help=True)
+    app = KbqTyper(help="The GitHub issue bot: suggest documented cases on an issue.", no_args_is_help=True)
 
     @app.command("answer")
     def answer_command(

@@ -98,7 +98,7 @@ def test_placeholders_are_plain_words(path: list[str], command) -> None:
             assert synopsis == ", ".join(sorted(param.opts, key=len)), synopsis
             continue
         placeholder = synopsis.rsplit(" ", 1)[-1] if param.param_type_name == "option" else synopsis
-        assert re.fullmatch(r"[A-Z][A-Z0-9_.]*(\.\.\.)?|[A-Z][A-Z0-9_]*\.jsonl|FILE\.json\.\.\.|\[[a-z|]+\]", placeholder), synopsis
+        assert re.fullmatch(r"[A-Z][A-Z0-9_.]*(\.\.\.)?|[A-Z][A-Z0-9_]*\.jsonl|FILE\.json\.\.\.|OWNER/REPO#N|\[[a-z|]+\]", placeholder), synopsis
     usage = next(line for line in text.splitlines() if line.startswith("Usage:"))
     assert not re.search(r"[<>{}]", usage), usage
     assert not re.search(r"<(bool|str|int|float|path|list|int range|text)\b", text, re.IGNORECASE), text

@@ -283,7 +283,7 @@ def list_command(
     db: Optional[str] = DbOption,
 ) -> None:
     """List the cases in the case base."""
-    from kb.retriever import Filters
+    from kb.filters import Filters
 
     with failures():
         if status not in (None, "reviewed", "draft"):

@@ -30,15 +30,16 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .errors import DatabaseError, NotFoundError
 from .runtime import MMAPPED_ARRAYS_FROM_CASES, keep_freed_memory, settle_heap
-from .index import LoadedIndex, build_aside, earlier_indexes, index_key, key_name, load_index, remove_stale
 from .paths import bundled_cases_dir, user_cache_dir, user_data_dir
 from .querytext import validate_query
-from .results import SearchOutcome
-from .retriever import Filters, search
+from .filters import Filters
 
 if TYPE_CHECKING:
     from .models import Case
     from .db.fastmeta import DbState
+    from .index import LoadedIndex
+    from .results import SearchOutcome
+    from .db.fastread import CaseReader
 
 DB_ENV = "KBQ_DB"
 SEMANTIC_ENV = "KBQ_SEMANTIC"
@@ -129,6 +130,8 @@ class KnowledgeBase:
 
     def index_dir(self, key: dict[str, Any]) -> Path:
         suffix = ("" if self.semantic else "-lexical") + ("-every" if self.every_field else "")
+        from .index import key_name
+
         return self.index_parent / f"{key_name(key)}{suffix}"
 
     def encoder(self):
@@ -220,6 +223,12 @@ class KnowledgeBase:
         return migrate.downgrade(self.url, revision)
 
     def schema_revision(self) -> str | None:
+        """The schema revision; a SQLite file is read without SQLAlchemy (a missing file: None)."""
+        from .db.fastmeta import sqlite_file
+
+        if sqlite_file(self.url) is not None:
+            state = self._state()
+            return None if state is None else state.schema_version
         from .db import migrate
 
         return migrate.current(self.url)
@@ -229,6 +238,12 @@ class KnowledgeBase:
         from .db.store import CaseStore
 
         return CaseStore(self.url)
+
+    def _reader(self) -> CaseReader:
+        """For reading only: a SQLite file is read with the stdlib, without SQLAlchemy (kb.db.fastread)."""
+        from .db.fastread import case_reader
+
+        return case_reader(self.url)
 
     def sync_bundled(self, fingerprint: str, meta: dict[str, str]):
         """Mirror the bundled cases into the default database (cases dropped upstream go too),
@@ -342,6 +357,8 @@ class KnowledgeBase:
         be searchable on return), waits for a build. ``state``: the database state, when the
         caller has just read it.
         """
+        from .index import index_key
+
         state = state or self.ensure_ready()
         key = index_key(state.revision)
         current = self._index
@@ -365,6 +382,8 @@ class KnowledgeBase:
         the ``_rebuild`` lock the caller holds and releases it when done."""
 
         def refresh() -> None:
+            from .index import index_key
+
             try:
                 self._load_or_build(index_key(self.ensure_ready().revision))
             except Exception:  # noqa: BLE001 - the next request retries; this one must not die silently
@@ -381,6 +400,8 @@ class KnowledgeBase:
     def _load_or_build(self, key: dict[str, Any]) -> LoadedIndex:
         """Load the index of ``key`` (another process may have built it) or build it aside,
         reusing what earlier indexes hold; then make it the current one. Holds ``_rebuild``."""
+        from .index import build_aside, earlier_indexes, load_index, remove_stale
+
         if self._index is not None and self._index.key == key:
             return self._index
         directory = self.index_dir(key)
@@ -388,7 +409,7 @@ class KnowledgeBase:
         if index is None or index.key != key:
             from .semantic import VectorCache
 
-            with self._store() as store:
+            with self._reader() as store:
                 documents = store.reviewed_json()
             encoder = self.encoder()
             from .bundled_vectors import seed_for
@@ -474,6 +495,7 @@ class KnowledgeBase:
 
     def search(self, query: str, k: int = 5, filters: Filters = Filters()) -> SearchOutcome:
         from .parser import parse
+        from .retriever import search
 
         text = validate_query(query)
         if not 1 <= k <= 100:
@@ -489,6 +511,7 @@ class KnowledgeBase:
     def ranker(self, k: int = 10, weights: dict | None = None):
         """A function query -> (ranked case ids, abstained), for evaluation."""
         from .parser import parse
+        from .retriever import search
 
         index = self.index()
 
@@ -508,27 +531,28 @@ class KnowledgeBase:
 
     def get(self, case_id: str) -> dict[str, Any]:
         self.ensure_ready()
-        with self._store() as store:
+        with self._reader() as store:
             stored = store.get(case_id)
         if stored is None:
             raise NotFoundError(f"no case with id '{case_id}' in {self.describe()}")
         return _document_with_times(stored)
 
     def cases(self, filters: Filters = Filters(), status: str | None = None) -> list[dict[str, Any]]:
-        """All stored cases (drafts too unless ``status`` says otherwise), filtered like a search."""
-        index = self.index()
+        """All stored cases (drafts too unless ``status`` says otherwise), filtered like a search
+        (the filters are answered by the index, so only filtering needs it)."""
+        state = self.ensure_ready()
         allowed = None
         if filters.model or filters.framework or filters.tag:
             from .retriever import matching_ids
 
-            allowed = matching_ids(index, filters)
-        with self._store() as store:
+            allowed = matching_ids(self.index(state=state), filters)
+        with self._reader() as store:
             documents = [_document_with_times(s) for s in store.all(status=status)]
         return [d for d in documents if allowed is None or d["id"] in allowed]
 
     def stats(self) -> Stats:
         index = self.index()
-        with self._store() as store:
+        with self._reader() as store:
             counts = store.counts()
             revision = store.revision()
         return Stats(

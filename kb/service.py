@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .index import LoadedIndex
     from .results import SearchOutcome
     from .db.fastread import CaseReader
+    from .progress import Progress
 
 DB_ENV = "KBQ_DB"
 SEMANTIC_ENV = "KBQ_SEMANTIC"
@@ -93,6 +94,7 @@ class KnowledgeBase:
     cache: Path = field(default_factory=user_cache_dir)
     notices: list[str] = field(default_factory=list)
     every_field: bool = False  # index fields of zero weight too (weight fitting tries them)
+    progress: Progress | None = None  # hears how long work goes (kb.progress); None: nobody listens
 
     def __post_init__(self) -> None:
         if self.db is None:  # an empty KBQ_DB counts as unset; an empty --db is an error
@@ -192,7 +194,9 @@ class KnowledgeBase:
                 raise DatabaseError(schema_problem(state.schema_version, self.describe(), ""))
             fingerprint = self.bundled_fingerprint()
             if state is None or state.schema_version != HEAD or state.meta.get(BUNDLED_FINGERPRINT_KEY) != fingerprint:
-                with self._init_lock():
+                from .progress import tracked
+
+                with self._init_lock(), tracked(self.progress, self._setup_task(state.meta if state else {})):
                     state = self._state()
                     if state is None or state.schema_version != HEAD:
                         self.upgrade()
@@ -211,6 +215,13 @@ class KnowledgeBase:
         if known and known != self.bundled_fingerprint():
             self.notices.append(f"the bundled cases changed since this database was loaded; refresh with `kbq ingest --db {self.db}`")
         return state
+
+    def _setup_task(self, meta: dict[str, str]) -> str:
+        """How progress names the loading of the bundled cases into the default database."""
+        where = self.home / DEFAULT_DB_NAME
+        if BUNDLED_FINGERPRINT_KEY in meta:
+            return f"updating the bundled cases in {where}"
+        return f"loading the bundled cases into {where} (first run)"
 
     def upgrade(self, revision: str = "head") -> str | None:
         from .db import migrate
@@ -253,20 +264,23 @@ class KnowledgeBase:
         database loaded before kbq kept it has none, so there every stored case that differs
         from its bundled copy is kept (the safe side: `kbq ingest` with no paths takes the
         bundled versions)."""
-        from .casefiles import load_cases
+        from .casefiles import discover, iter_cases
+        from .progress import tracked
 
-        cases = [loaded.case for loaded in load_cases([bundled_cases_dir()], include_drafts=False)]
         loaded: dict[str, str] = json.loads(meta.get(BUNDLED_HASHES_KEY, "{}"))
         previous = set(loaded) | set(json.loads(meta.get(BUNDLED_IDS_KEY, "[]")))
-        hashes = _content_hashes(cases)
 
         def recorded(report) -> dict[str, str]:
             # A kept case stays guarded by the hash it was loaded with (none: never loaded by us).
             kept = {i: loaded.get(i, "") for i in report.kept}
             return {BUNDLED_FINGERPRINT_KEY: fingerprint, **_bundled_meta({**hashes, **kept})}
 
-        with self._store() as store:
-            report = store.upsert(cases, remove_ids=sorted(previous - set(hashes)), meta=recorded, guard=loaded)
+        files = discover([bundled_cases_dir()])
+        with tracked(self.progress, self._setup_task(meta), len(files), "cases") as ticker:
+            cases = [loaded.case for loaded in ticker.over(iter_cases(files)) if loaded.case.status == "reviewed"]
+            hashes = _content_hashes(cases)
+            with self._store() as store:
+                report = store.upsert(cases, remove_ids=sorted(previous - set(hashes)), meta=recorded, guard=loaded)
         if report.kept:
             shown = ", ".join(report.kept[:5]) + (f" and {len(report.kept) - 5} more" if len(report.kept) > 5 else "")
             self.notices.append(
@@ -299,22 +313,25 @@ class KnowledgeBase:
             # upgraded only when asked (the default database is kbq's own to upgrade).
             if not self.is_default or state.schema_version not in REVISIONS:
                 raise DatabaseError(schema_problem(state.schema_version, self.describe(), f" --db {self.db}" if self.db else ""))
+        from .progress import Ticker, tracked
+
         drafts: list[str] = []
 
-        def wanted() -> Iterator[Case]:
-            for loaded in iter_cases(files):
+        def wanted(ticker: Ticker) -> Iterator[Case]:
+            for loaded in ticker.over(iter_cases(files)):
                 if include_drafts or loaded.case.status == "reviewed":
                     yield loaded.case
                 else:
                     drafts.append(loaded.case.id)
 
-        cases: Iterable[Case] = wanted()
-        meta = {}
-        if bundled:  # a few hundred files: the ids the meta records are needed before the write
-            cases = list(cases)
-            meta = {BUNDLED_FINGERPRINT_KEY: self.bundled_fingerprint(), **_bundled_meta(_content_hashes(cases))}
-        with self._store() as store:
-            report = store.upsert(cases, meta=meta, upgrade=upgrade)
+        with tracked(self.progress, "validating case files", len(files), "files") as ticker:
+            cases: Iterable[Case] = wanted(ticker)
+            meta = {}
+            if bundled:  # a few hundred files: the ids the meta records are needed before the write
+                cases = list(cases)
+                meta = {BUNDLED_FINGERPRINT_KEY: self.bundled_fingerprint(), **_bundled_meta(_content_hashes(cases))}
+            with self._store() as store:
+                report = store.upsert(cases, meta=meta, upgrade=upgrade)
         self._index = None
         return report, drafts
 
@@ -418,7 +435,7 @@ class KnowledgeBase:
             earlier = [self._index.directory] if self._index is not None else []
             earlier += [d for d in earlier_indexes(self.index_parent, directory) if d not in earlier]
             build_aside(documents, key, directory, encoder=encoder, vector_cache=cache, every_field=self.every_field,
-                        previous=earlier)
+                        previous=earlier, progress=self.progress)
             index = load_index(directory)
             if index is None:
                 raise DatabaseError(f"{directory}: the index was built but cannot be read back")

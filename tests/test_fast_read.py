@@ -73,6 +73,18 @@ def draft_and_extra_cases() -> list[Case]:
     )]
 
 
+def bad_databases(directory: Path) -> tuple[Path, Path]:
+    """A SQLite file with no kbq schema, and one at a schema revision from a newer kbq."""
+    empty = directory / "empty.db"
+    sqlite3.connect(empty).close()
+    newer = directory / "newer.db"
+    with closing(sqlite3.connect(newer)) as conn:
+        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        conn.execute("INSERT INTO alembic_version VALUES ('9999')")
+        conn.commit()
+    return empty, newer
+
+
 @pytest.fixture(scope="module")
 def bundled_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A home whose default database holds the bundled cases, with its index built."""
@@ -159,13 +171,7 @@ def test_listing_and_stats_are_the_same_on_either_reader(base: str, bundled_home
 def test_schema_revision_read_without_sqlalchemy_matches_alembic(tmp_path: Path, drafts_db: Path) -> None:
     from kb.db import migrate
 
-    empty = tmp_path / "empty.db"
-    sqlite3.connect(empty).close()
-    newer = tmp_path / "newer.db"
-    with closing(sqlite3.connect(newer)) as conn:
-        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
-        conn.execute("INSERT INTO alembic_version VALUES ('9999')")
-        conn.commit()
+    empty, newer = bad_databases(tmp_path)
     for path, expected in ((drafts_db, HEAD), (empty, None), (newer, "9999"), (tmp_path / "missing.db", None)):
         kb = KnowledgeBase(str(path), home=tmp_path / "home")
         assert kb.schema_revision() == migrate.current(kb.url) == expected, path
@@ -228,13 +234,7 @@ def one_error_line(result, stderr: str) -> str:
 def test_bad_databases_give_the_same_one_line_errors_without_sqlalchemy(tmp_path: Path) -> None:
     env = base_env(tmp_path / "home")
     missing = tmp_path / "missing.db"
-    empty = tmp_path / "empty.db"
-    sqlite3.connect(empty).close()
-    newer = tmp_path / "newer.db"
-    with closing(sqlite3.connect(newer)) as conn:
-        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
-        conn.execute("INSERT INTO alembic_version VALUES ('9999')")
-        conn.commit()
+    empty, newer = bad_databases(tmp_path)
     expected = {
         missing: f"kbq: error: sqlite:///{missing}: no such database; create it with `kbq ingest --db {missing}`",
         empty: f"kbq: error: sqlite:///{empty}: has no kbq schema; run `kbq db upgrade --db {empty}` then `kbq ingest --db {empty}`",

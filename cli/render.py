@@ -6,7 +6,7 @@ before the model refused them must not clear the screen or retitle the terminal.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console, Group
@@ -16,7 +16,9 @@ from rich.table import Table
 from rich.text import Text
 
 from kb.querytext import shown
-from kb.results import Hit, SearchOutcome
+
+if TYPE_CHECKING:  # annotations only: `kbq show` and `kbq list` need not import the search results
+    from kb.results import Hit, SearchOutcome
 
 console = Console(highlight=False, soft_wrap=False)
 

@@ -253,3 +253,20 @@ def test_bad_databases_give_the_same_one_line_errors_without_sqlalchemy(tmp_path
         assert result.stdout.rstrip().endswith(f"schema at revision {revision}")
         assert_light(modules, f"db current on {path.name}")
     assert not missing.exists()
+
+
+def test_a_default_database_from_a_newer_kbq_is_refused_without_sqlalchemy(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    _, newer = bad_databases(tmp_path)
+    newer.rename(home / "kbq.db")
+    env = base_env(home)
+    for args in (["show", "some-case"], ["list"], ["stats"]):
+        result, modules, stderr = run_traced(env, *args)
+        line = one_error_line(result, stderr)
+        assert line.startswith(f"kbq: error: sqlite:///{home / 'kbq.db'}: schema is at revision 9999, newer than this kbq")
+        assert line.endswith("upgrade kbq, not the database")
+        assert_light(modules, " ".join(args))
+    result, modules, stderr = run_traced(env, "db", "current")
+    assert result.returncode == 0 and result.stdout.rstrip().endswith("schema at revision 9999")
+    assert_light(modules, "db current")

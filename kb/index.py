@@ -26,7 +26,6 @@ query path.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -42,7 +41,8 @@ import numpy as np
 from . import forkmap
 from .features import case_features, prose_text
 from .lexical import ENTITY_GROUPS, FieldCounts, LexicalIndex, build_postings, concept_group, count_tokens
-from .lexicon import LEXICON_FILE, Lexicon, Match, compile_lexicon, load_lexicon_source, normalize
+from .indexkey import DATA_FILES, INDEX_FORMAT, STOPWORDS_FILE, WEIGHTS_FILE, data_fingerprint, index_key, key_name  # noqa: F401 - the index's key, re-exported
+from .lexicon import Lexicon, Match, compile_lexicon, load_lexicon_source, normalize
 from .stored import StoredJson
 from .paths import data_file
 from .quantized import Int8Vectors, RangeReader, concat_ranges
@@ -52,31 +52,7 @@ from .tokenize import Stopwords, tokenize_normalized
 if TYPE_CHECKING:
     from .progress import Progress
 
-# Bump when the files change, or when a case would be analysed differently (tokens, features):
-# an index of the same key is used as it is, and a rebuild copies the rows of unchanged cases
-# from an index of the same format and data files (kb/reuse.py).
-INDEX_FORMAT = 5
-WEIGHTS_FILE = "weights.yaml"
-STOPWORDS_FILE = "stopwords.yaml"
-DATA_FILES = (LEXICON_FILE, WEIGHTS_FILE, STOPWORDS_FILE)
 _SIZE_TERM = re.compile(r"^\d+(?:\.\d+)?b$|^\d+x\d+(?:\.\d+)?b$")
-
-
-def data_fingerprint() -> str:
-    """Hash of the lexicon, weights and stop words: a change to any of them invalidates the index."""
-    digest = hashlib.sha256()
-    for name in DATA_FILES:
-        digest.update(name.encode())
-        digest.update(data_file(name).read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def index_key(revision: str | None) -> dict[str, Any]:
-    return {"format": INDEX_FORMAT, "revision": revision, "data": data_fingerprint()}
-
-
-def key_name(key: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_yaml_data(name: str) -> Any:

@@ -132,7 +132,7 @@ class KnowledgeBase:
 
     def index_dir(self, key: dict[str, Any]) -> Path:
         suffix = ("" if self.semantic else "-lexical") + ("-every" if self.every_field else "")
-        from .index import key_name
+        from .indexkey import key_name
 
         return self.index_parent / f"{key_name(key)}{suffix}"
 
@@ -374,7 +374,7 @@ class KnowledgeBase:
         be searchable on return), waits for a build. ``state``: the database state, when the
         caller has just read it.
         """
-        from .index import index_key
+        from .indexkey import index_key
 
         state = state or self.ensure_ready()
         key = index_key(state.revision)
@@ -399,7 +399,7 @@ class KnowledgeBase:
         the ``_rebuild`` lock the caller holds and releases it when done."""
 
         def refresh() -> None:
-            from .index import index_key
+            from .indexkey import index_key
 
             try:
                 self._load_or_build(index_key(self.ensure_ready().revision))
@@ -568,19 +568,27 @@ class KnowledgeBase:
         return [d for d in documents if allowed is None or d["id"] in allowed]
 
     def stats(self) -> Stats:
-        index = self.index()
+        """Counts by status from the database, by facet from the index. A built index is only
+        summarised (its meta.json, kb.indexkey), not loaded; a missing one is built first."""
+        from .indexkey import IndexSummary, index_key, read_summary
+
+        state = self.ensure_ready()
+        key = index_key(state.revision)
+        summary = read_summary(self.index_dir(key), key)
+        if summary is None:  # not built yet: build it (a server may answer from its loaded one meanwhile)
+            summary = IndexSummary.of(self.index(state=state).meta)
         with self._reader() as store:
             counts = store.counts()
             revision = store.revision()
         return Stats(
             url=self.describe(),
             counts=counts,
-            by_model_family=index.counts["by_model_family"],
-            by_framework=index.counts["by_framework"],
-            by_phase=index.counts["by_phase"],
-            by_language=index.counts["by_language"],
-            index_cases=len(index),
-            index_terms=index.n_terms,
+            by_model_family=summary.counts["by_model_family"],
+            by_framework=summary.counts["by_framework"],
+            by_phase=summary.counts["by_phase"],
+            by_language=summary.counts["by_language"],
+            index_cases=summary.cases,
+            index_terms=summary.terms,
             revision=revision,
         )
 

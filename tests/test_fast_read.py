@@ -168,6 +168,23 @@ def test_listing_and_stats_are_the_same_on_either_reader(base: str, bundled_home
         assert drafts == ["zz-draft-llama", "zz-draft-qwen", "zz-draft-zh"]
 
 
+def test_stats_summarise_the_built_index_as_the_loaded_index_holds_it(tmp_path: Path, bundled_home: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """stats reads the index's meta.json when the index is built, and builds it otherwise:
+    either way the figures are those of the loaded index."""
+    import kb.indexkey
+
+    summarised = KnowledgeBase(home=bundled_home).stats()
+    index = KnowledgeBase(home=bundled_home).index()
+    assert (summarised.index_cases, summarised.index_terms) == (len(index), index.n_terms) == (len(BUNDLED_IDS), index.meta["terms"])
+    assert summarised.by_model_family == index.counts["by_model_family"] and summarised.by_language == index.counts["by_language"]
+    monkeypatch.setattr(kb.indexkey, "read_summary", lambda directory, key: None)
+    assert asdict(KnowledgeBase(home=bundled_home).stats()) == asdict(summarised)
+    monkeypatch.undo()
+    fresh = KnowledgeBase(home=tmp_path / "fresh")  # no index yet: stats builds it
+    assert asdict(fresh.stats()) == {**asdict(summarised), "url": fresh.describe(), "revision": fresh.ensure_ready().revision}
+
+
 def test_schema_revision_read_without_sqlalchemy_matches_alembic(tmp_path: Path, drafts_db: Path) -> None:
     from kb.db import migrate
 
@@ -210,6 +227,15 @@ def test_read_only_commands_on_the_default_database_never_import_sqlalchemy(bund
     stats = json.loads(kbq(env, "stats", "--json").stdout)
     assert stats["counts"] == {"reviewed": len(BUNDLED_IDS)}
     assert kbq(env, "db", "current").stdout.rstrip().endswith(f"schema at revision {HEAD}")
+
+
+def test_unfiltered_read_only_commands_load_no_numpy_either(bundled_home: Path) -> None:
+    """Nothing in show, an unfiltered list, stats or db current needs the index's arrays."""
+    env = base_env(bundled_home)
+    for args in (["show", BUNDLED_IDS[0]], ["list"], ["stats"], ["db", "current"]):
+        result, modules, stderr = run_traced(env, *args)
+        assert result.returncode == 0 and stderr == "", (args, stderr)
+        assert "numpy" not in modules, args
 
 
 def test_read_only_commands_on_a_db_file_never_import_sqlalchemy(drafts_db: Path, tmp_path: Path) -> None:

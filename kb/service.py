@@ -131,9 +131,9 @@ class KnowledgeBase:
         return self.home / "index" / name
 
     def index_dir(self, key: dict[str, Any]) -> Path:
-        suffix = ("" if self.semantic else "-lexical") + ("-every" if self.every_field else "")
         from .indexkey import key_name
 
+        suffix = ("" if self.semantic else "-lexical") + ("-every" if self.every_field else "")
         return self.index_parent / f"{key_name(key)}{suffix}"
 
     def encoder(self):

@@ -1,9 +1,12 @@
-"""Cold-start latency of a kbq query, next to a bare interpreter and SQLite FTS5.
+"""Cold-start latency of a kbq query and of the read-only commands, next to a bare
+interpreter and SQLite FTS5.
 
 Each measurement is a new process (what a user at a terminal pays), with the
-database and index already built. Prints medians of N runs and their ratio to
-``python -c pass`` measured in the same run, so the figures compare across
-machines. Timing never decides a test; this script is for people.
+database and index already built. ``show``, ``list``, ``stats`` and ``db current``
+read the SQLite file without SQLAlchemy, so they should cost about what a query
+does. Prints medians of N runs and their ratio to ``python -c pass`` measured in
+the same run, so the figures compare across machines. Timing never decides a
+test; this script is for people.
 
     python benches/cold_query.py [--runs 15] [--query "gemma3 loss 70 zero3"]
 """
@@ -55,6 +58,13 @@ def build_fts(path: Path, home: Path) -> None:
     conn.close()
 
 
+def first_case_id(kbq: str, env: dict[str, str]) -> str:
+    import json
+
+    listed = subprocess.run([kbq, "list", "--json"], env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(listed)[0]["id"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=15)
@@ -75,12 +85,15 @@ def main() -> None:
         fts_db = home / "fts.db"
         build_fts(fts_db, home)
         fts_query = " OR ".join(args.query.split())
+        case_id = first_case_id(kbq, env)
 
         rows = [
             ("python -c pass", timed([sys.executable, "-c", "pass"], env, args.runs)),
             (f'kbq "{args.query}"', timed([kbq, args.query], env, args.runs)),
             (f'kbq --json "{args.query}"', timed([kbq, "--json", args.query], env, args.runs)),
             ("sqlite3 FTS5 bm25 (python)", timed([sys.executable, "-c", FTS_SCRIPT, str(fts_db), fts_query], env, args.runs)),
+            *((f"kbq {' '.join(words)}", timed([kbq, *words], env, args.runs))
+              for words in (["show", case_id], ["list"], ["stats"], ["db", "current"])),
         ]
     finally:
         shutil.rmtree(home, ignore_errors=True)

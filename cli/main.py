@@ -157,7 +157,24 @@ def failures() -> Iterator[None]:
 def _kb(db: Optional[str]):
     from kb.service import KnowledgeBase
 
-    return KnowledgeBase(db)
+    return KnowledgeBase(db, progress=_progress())
+
+
+def _progress():
+    """What kb reports long work to: a line on stderr when stderr is a terminal, else nothing
+    (pipes, CI logs and tests stay clean). cli.progress is imported at the first report only."""
+    try:
+        if sys.stderr is None or not sys.stderr.isatty():
+            return None
+    except (AttributeError, ValueError):
+        return None
+
+    def report(step) -> None:
+        from cli.progress import report as draw
+
+        draw(step)
+
+    return report
 
 
 def _print_notices(kb) -> None:
@@ -284,7 +301,7 @@ def list_command(
     db: Optional[str] = DbOption,
 ) -> None:
     """List the cases in the case base."""
-    from kb.retriever import Filters
+    from kb.filters import Filters
 
     with failures():
         if status not in (None, "reviewed", "draft"):
@@ -382,7 +399,7 @@ def import_article_command(
     from kb.importers import drafts_from_articles
 
     with failures():
-        _write_drafts(drafts_from_articles(list(files)), out, overwrite, db, allow_duplicates)
+        _write_drafts(drafts_from_articles(list(files), progress=_progress()), out, overwrite, db, allow_duplicates)
 
 
 @import_app.command("github")
@@ -397,7 +414,7 @@ def import_github_command(
     from kb.importers import drafts_from_github
 
     with failures():
-        _write_drafts(drafts_from_github(list(files)), out, overwrite, db, allow_duplicates)
+        _write_drafts(drafts_from_github(list(files), progress=_progress()), out, overwrite, db, allow_duplicates)
 
 
 @app.command("review")

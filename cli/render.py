@@ -14,7 +14,7 @@ terminal wraps it, so it stays whole when copied.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from rich import box
 from rich.cells import cell_len
@@ -25,8 +25,15 @@ from rich.table import Table
 from rich.text import Text
 
 from kb.querytext import shown
-from kb.results import Hit, SearchOutcome
-from kb.results import value_text as _value
+
+if TYPE_CHECKING:  # annotations only: `kbq show` and `kbq list` need not import the search results
+    from kb.results import Hit, SearchOutcome
+
+
+def _value(value: Any) -> str:
+    from kb.results import value_text  # a search's renderers only, see above
+
+    return value_text(value)
 
 
 

@@ -33,10 +33,11 @@ def _call(job: tuple[Callable[[Any, int, int], T], int, int]) -> T:
 
 
 def chunked(function: Callable[[Any, int, int], T], state: Any, size: int, *, parallel: bool,
-            chunks_per_worker: int = 4) -> list[T]:
+            chunks_per_worker: int = 4, progress: Callable[[int], None] | None = None) -> list[T]:
     """``function(state, start, end)`` over consecutive ranges covering ``0..size``, results in
     order. One call in this process unless ``parallel`` (the job is large enough to be worth
-    forking for) and a second core can be used."""
+    forking for) and a second core can be used. With workers, ``progress(end)`` is called here
+    as each range completes, in order (a single call in this process reports for itself)."""
     workers = workers_available()
     if not parallel or size < 2 or workers < 2:
         return [function(state, 0, size)]
@@ -49,6 +50,11 @@ def chunked(function: Callable[[Any, int, int], T], state: Any, size: int, *, pa
     _STATE = state
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            return list(pool.map(_call, jobs))
+            results = []
+            for (_, _, end), result in zip(jobs, pool.map(_call, jobs)):
+                results.append(result)
+                if progress is not None:
+                    progress(end)
+            return results
     finally:
         _STATE = None

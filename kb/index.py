@@ -26,7 +26,6 @@ query path.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -35,45 +34,25 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from . import forkmap
 from .features import case_features, prose_text
 from .lexical import ENTITY_GROUPS, FieldCounts, LexicalIndex, build_postings, concept_group, count_tokens
-from .lexicon import LEXICON_FILE, Lexicon, Match, compile_lexicon, load_lexicon_source, normalize
+from .indexkey import DATA_FILES, INDEX_FORMAT, STOPWORDS_FILE, WEIGHTS_FILE, data_fingerprint, index_key, key_name  # noqa: F401 - the index's key, re-exported
+from .lexicon import Lexicon, Match, compile_lexicon, load_lexicon_source, normalize
 from .stored import StoredJson
 from .paths import data_file
 from .quantized import Int8Vectors, RangeReader, concat_ranges
 from .reuse import SUMMARIES_FILE, Previous, content_digest, save_digests
 from .tokenize import Stopwords, tokenize_normalized
 
-# Bump when the files change, or when a case would be analysed differently (tokens, features):
-# an index of the same key is used as it is, and a rebuild copies the rows of unchanged cases
-# from an index of the same format and data files (kb/reuse.py).
-INDEX_FORMAT = 5
-WEIGHTS_FILE = "weights.yaml"
-STOPWORDS_FILE = "stopwords.yaml"
-DATA_FILES = (LEXICON_FILE, WEIGHTS_FILE, STOPWORDS_FILE)
+if TYPE_CHECKING:
+    from .progress import Progress
+
 _SIZE_TERM = re.compile(r"^\d+(?:\.\d+)?b$|^\d+x\d+(?:\.\d+)?b$")
-
-
-def data_fingerprint() -> str:
-    """Hash of the lexicon, weights and stop words: a change to any of them invalidates the index."""
-    digest = hashlib.sha256()
-    for name in DATA_FILES:
-        digest.update(name.encode())
-        digest.update(data_file(name).read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def index_key(revision: str | None) -> dict[str, Any]:
-    return {"format": INDEX_FORMAT, "revision": revision, "data": data_fingerprint()}
-
-
-def key_name(key: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_yaml_data(name: str) -> Any:
@@ -198,10 +177,11 @@ def _line(value: Any) -> bytes:
 
 
 def _analyse(documents: Sequence[dict[str, Any] | StoredJson], first_row: int, fields: Sequence[str],
-             lexicon: Lexicon, stopwords: Stopwords, want_texts: bool = False) -> _Analysis:
+             lexicon: Lexicon, stopwords: Stopwords, want_texts: bool = False,
+             tick: Callable[[int], None] | None = None) -> _Analysis:
     tokens: dict[str, list[list[str]]] = {name: [] for name in fields}
     out = _Analysis({}, [], [], [], [], [] if want_texts else None, [])
-    for item in documents:
+    for done, item in enumerate(documents, first_row + 1):
         doc = item.document() if isinstance(item, StoredJson) else item
         symptoms: list[str] = []
         found: dict[str, tuple[str, list[Match]]] = {}
@@ -224,6 +204,8 @@ def _analyse(documents: Sequence[dict[str, Any] | StoredJson], first_row: int, f
             out.texts.append(semantic_texts(doc))
         out.summaries.append((features.get("model_family") or "unknown", doc["framework"]["name"],
                               doc.get("phase") or "unknown", doc["language"]))
+        if tick is not None:
+            tick(done)
     out.fields = {name: count_tokens(lists, first_row) for name, lists in tokens.items()}
     return out
 
@@ -243,18 +225,21 @@ def _prose(doc: dict[str, Any], found: dict[str, tuple[str, list[Match]]], lexic
     return text, [*title[1], *(Match(m.group, m.concept, m.start + shift, m.end + shift) for m in symptom[1])]
 
 
-def _analyse_range(state: tuple[Sequence[dict[str, Any] | StoredJson], Sequence[str], Lexicon, Stopwords, bool],
-                   start: int, end: int) -> _Analysis:
-    documents, fields, lexicon, stopwords, want_texts = state
-    return _analyse(documents[start:end], start, fields, lexicon, stopwords, want_texts)
+def _analyse_range(state: tuple[Sequence[dict[str, Any] | StoredJson], Sequence[str], Lexicon, Stopwords, bool,
+                                Callable[[int], None] | None], start: int, end: int) -> _Analysis:
+    documents, fields, lexicon, stopwords, want_texts, tick = state
+    return _analyse(documents[start:end], start, fields, lexicon, stopwords, want_texts, tick)
 
 
 def analyse_all(documents: Sequence[dict[str, Any] | StoredJson], fields: Sequence[str], lexicon: Lexicon,
-                stopwords: Stopwords, want_texts: bool = False) -> list[_Analysis]:
+                stopwords: Stopwords, want_texts: bool = False,
+                tick: Callable[[int], None] | None = None) -> list[_Analysis]:
     """Decode, tokenize and extract features of every case, on every core for a large base
-    (:mod:`kb.forkmap`: the workers share the documents and the lexicon, nothing is copied)."""
-    return forkmap.chunked(_analyse_range, (documents, fields, lexicon, stopwords, want_texts), len(documents),
-                           parallel=len(documents) >= PARALLEL_MIN_CASES)
+    (:mod:`kb.forkmap`: the workers share the documents and the lexicon, nothing is copied).
+    ``tick(n)``: n cases analysed so far (a :class:`kb.progress.Ticker`, which ignores the
+    workers' calls; their chunks are reported as they complete)."""
+    return forkmap.chunked(_analyse_range, (documents, fields, lexicon, stopwords, want_texts, tick), len(documents),
+                           parallel=len(documents) >= PARALLEL_MIN_CASES, progress=tick)
 
 
 @dataclass
@@ -343,7 +328,7 @@ def _save_facets(parts: list[_Analysis], rows: _Rows, directory: Path) -> None:
 
 
 def _save_vectors(parts: list[_Analysis], rows: _Rows, directory: Path, encoder,
-                  vector_cache, weights: dict[str, Any]) -> int:
+                  vector_cache, weights: dict[str, Any], progress: Progress | None = None) -> int:
     """Case and text vectors (int8), and the IVF for a large base; how many texts were embedded.
     Rows kept from a previous index of the same encoder keep their vectors and IVF list."""
     prior = rows.prior
@@ -358,11 +343,13 @@ def _save_vectors(parts: list[_Analysis], rows: _Rows, directory: Path, encoder,
         per_row = [by_row[r] if r in by_row else semantic_texts(prior.document(int(rows.old[r]))) for r in range(rows.count)]
     flat = [t for texts in per_row for t in texts]
     if vector_cache is not None:
-        vectors, embedded = vector_cache.embed(flat, encoder)
+        vectors, embedded = vector_cache.embed(flat, encoder, progress=progress)
     else:
-        from .semantic import encode_all
+        from .progress import tracked
+        from .semantic import EMBED_TASK, encode_all
 
-        vectors, embedded = encode_all(encoder, flat), len(flat)
+        with tracked(progress, EMBED_TASK, len(flat), "texts") as ticker:
+            vectors, embedded = encode_all(encoder, flat, tick=ticker), len(flat)
     dim = int(prior.vectors.shape[1]) if len(kept) else int(vectors.shape[1])
     per_case = np.zeros(rows.count, dtype=np.int64)
     per_case[embed_rows] = [len(t) for t in per_row]
@@ -422,6 +409,7 @@ def build_index(
     vector_cache=None,
     every_field: bool = False,
     previous: Sequence[Path] = (),
+    progress: Progress | None = None,
 ) -> BuildReport:
     """Build the index of the reviewed ``documents`` into ``directory`` (created; must not exist).
 
@@ -429,8 +417,11 @@ def build_index(
     index is lexical only. ``vector_cache`` reuses embeddings of unchanged texts. Fields
     whose weight is zero are left out unless ``every_field`` (weight fitting needs them).
     ``previous``: earlier index directories, the first compatible one lends the rows of
-    unchanged cases (:mod:`kb.reuse`); the result is the same as without it.
+    unchanged cases (:mod:`kb.reuse`); the result is the same as without it. ``progress``
+    receives how far the build got (:mod:`kb.progress`).
     """
+    from .progress import tracked
+
     lexicon_compiled = compile_lexicon(load_lexicon_source())
     lexicon = Lexicon(lexicon_compiled)
     stop_raw = load_yaml_data(STOPWORDS_FILE) or {}
@@ -448,55 +439,57 @@ def build_index(
     prior = Previous.open(previous, key, fields) if previous else None
     rows = _Rows(len(reviewed), prior.match(digests) if prior else np.full(len(reviewed), -1, dtype=np.int64), prior)
     fresh = rows.fresh
-    parts = analyse_all([reviewed[i] for i in fresh.tolist()], fields, lexicon, stopwords, want_texts=encoder is not None)
-    for part in parts:  # rows counted within the analysed cases -> rows of the index
-        for counts in part.fields.values():
-            counts.rows = fresh[counts.rows].astype(np.int32)
+    with tracked(progress, "building the search index", len(reviewed), "cases", start=len(reviewed) - len(fresh)) as ticker:
+        parts = analyse_all([reviewed[i] for i in fresh.tolist()], fields, lexicon, stopwords, want_texts=encoder is not None,
+                            tick=ticker.offset(len(reviewed) - len(fresh)))
+        for part in parts:  # rows counted within the analysed cases -> rows of the index
+            for counts in part.fields.values():
+                counts.rows = fresh[counts.rows].astype(np.int32)
 
-    directory.mkdir(parents=True)
-    names = entity_words(lexicon)
-    # One field per worker job (a large base only): numpy work over all of a field's pairs.
-    vocabularies = forkmap.chunked(_field_postings, (parts, fields, field_b, float(lexical["k1"]), lexicon, names, directory, rows),
-                                   len(fields), parallel=len(reviewed) >= PARALLEL_MIN_CASES, chunks_per_worker=len(fields))
-    n_terms = len({str(t) for found in vocabularies for terms in found for t in terms})
-    _save_facets(parts, rows, directory)
-    np.save(directory / "docs_offsets.npy", _write_rows(directory / "docs.jsonl", rows, "docs", [x for p in parts for x in p.doc_lines]))
-    np.save(directory / "features_offsets.npy",
-            _write_rows(directory / "features.jsonl", rows, "features", [x for p in parts for x in p.feature_lines]))
-    summaries: list[Any] = [None] * len(reviewed)
-    for row, summary in zip(fresh.tolist(), (s for part in parts for s in part.summaries)):
-        summaries[row] = list(summary)
-    if prior is not None:
-        for row in rows.kept.tolist():
-            summaries[row] = prior.summaries[int(rows.old[row])]
-    embedded = 0
-    semantic = None
-    if encoder is not None and reviewed:
-        embedded = _save_vectors(parts, rows, directory, encoder, vector_cache, weights)
-        semantic = encoder.name
-    save_digests(digests, directory)
-    with open(directory / SUMMARIES_FILE, "w", encoding="utf-8") as handle:
-        json.dump(summaries, handle, ensure_ascii=False)
-    with open(directory / "ids.json", "w", encoding="utf-8") as handle:
-        json.dump([_doc_id(d) for d in reviewed], handle)
-    meta = {
-        "key": key,
-        "lexicon": lexicon_compiled,
-        "stopwords": stop_lists,
-        "weights": weights,
-        "fields": fields,
-        "cases": len(reviewed),
-        "terms": n_terms,
-        "entity_words": sorted(names),
-        "semantic": semantic,
-        "counts": {
-            name: dict(Counter(summary[i] for summary in summaries).most_common())
-            for i, name in enumerate(("by_model_family", "by_framework", "by_phase", "by_language"))
-        },
-    }
-    with open(directory / "meta.json", "w", encoding="utf-8") as handle:  # written last: marks the index complete
-        json.dump(meta, handle, ensure_ascii=False)
-    return BuildReport(len(reviewed), n_terms, embedded, len(rows.kept))
+        directory.mkdir(parents=True)
+        names = entity_words(lexicon)
+        # One field per worker job (a large base only): numpy work over all of a field's pairs.
+        vocabularies = forkmap.chunked(_field_postings, (parts, fields, field_b, float(lexical["k1"]), lexicon, names, directory, rows),
+                                       len(fields), parallel=len(reviewed) >= PARALLEL_MIN_CASES, chunks_per_worker=len(fields))
+        n_terms = len({str(t) for found in vocabularies for terms in found for t in terms})
+        _save_facets(parts, rows, directory)
+        np.save(directory / "docs_offsets.npy", _write_rows(directory / "docs.jsonl", rows, "docs", [x for p in parts for x in p.doc_lines]))
+        np.save(directory / "features_offsets.npy",
+                _write_rows(directory / "features.jsonl", rows, "features", [x for p in parts for x in p.feature_lines]))
+        summaries: list[Any] = [None] * len(reviewed)
+        for row, summary in zip(fresh.tolist(), (s for part in parts for s in part.summaries)):
+            summaries[row] = list(summary)
+        if prior is not None:
+            for row in rows.kept.tolist():
+                summaries[row] = prior.summaries[int(rows.old[row])]
+        embedded = 0
+        semantic = None
+        if encoder is not None and reviewed:
+            embedded = _save_vectors(parts, rows, directory, encoder, vector_cache, weights, progress)
+            semantic = encoder.name
+        save_digests(digests, directory)
+        with open(directory / SUMMARIES_FILE, "w", encoding="utf-8") as handle:
+            json.dump(summaries, handle, ensure_ascii=False)
+        with open(directory / "ids.json", "w", encoding="utf-8") as handle:
+            json.dump([_doc_id(d) for d in reviewed], handle)
+        meta = {
+            "key": key,
+            "lexicon": lexicon_compiled,
+            "stopwords": stop_lists,
+            "weights": weights,
+            "fields": fields,
+            "cases": len(reviewed),
+            "terms": n_terms,
+            "entity_words": sorted(names),
+            "semantic": semantic,
+            "counts": {
+                name: dict(Counter(summary[i] for summary in summaries).most_common())
+                for i, name in enumerate(("by_model_family", "by_framework", "by_phase", "by_language"))
+            },
+        }
+        with open(directory / "meta.json", "w", encoding="utf-8") as handle:  # written last: marks the index complete
+            json.dump(meta, handle, ensure_ascii=False)
+        return BuildReport(len(reviewed), n_terms, embedded, len(rows.kept))
 
 
 def earlier_indexes(parent: Path, exclude: Path) -> list[Path]:

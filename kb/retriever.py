@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .filters import Filters
 from .fixes import recommend_fixes
 from .index import LoadedIndex
 from .lexical import concept_group
@@ -35,19 +36,6 @@ from .results import Hit, SearchOutcome, TextBreakdown
 from .similarity import FeatureScorer, combine
 
 Embed = Callable[[str], "np.ndarray | None"]
-
-
-@dataclass(frozen=True)
-class Filters:
-    model: str | None = None
-    framework: str | None = None
-    tag: str | None = None
-
-    def as_dict(self) -> dict[str, str | None]:
-        return {"model": self.model, "framework": self.framework, "tag": self.tag}
-
-    def __bool__(self) -> bool:
-        return bool(self.model or self.framework or self.tag)
 
 
 def allowed_rows(index: LoadedIndex, filters: Filters) -> np.ndarray | None:

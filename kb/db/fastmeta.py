@@ -3,7 +3,8 @@
 The query path calls :func:`read_state` on every run to learn whether its
 persisted index is still current; importing SQLAlchemy would cost ~200 ms,
 so SQLite files are read with the stdlib ``sqlite3`` module. Only other
-databases fall back to :class:`kb.db.store.CaseStore`.
+databases fall back to :class:`kb.db.store.CaseStore`. :func:`snapshot` opens a SQLite file
+the same way for the read-only commands (:mod:`kb.db.fastread`).
 
 The connection is opened read-write although it only reads: a writer killed
 inside its transaction leaves a hot journal (or uncommitted WAL frames), and
@@ -16,11 +17,14 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
-from kb.db._common import locked_message, one_line, resolve_lock_timeout
+from kb.db._common import known_problem, one_line, resolve_lock_timeout
+from kb.db.queries import META, SCHEMA_VERSION
 from kb.errors import DatabaseError
 
 _SQLITE_URL = re.compile(r"^sqlite(\+\w+)?://(?P<rest>.*)$", re.IGNORECASE)
@@ -37,17 +41,21 @@ class DbState:
 
 def read_state(url: str) -> DbState | None:
     """The state of ``url``; None when its SQLite file does not exist."""
-    path = _sqlite_file(url)
+    path = sqlite_file(url)
     if path is not None:
-        return _read_sqlite(path) if path.exists() else None
+        if not path.exists():
+            return None
+        with snapshot(path) as conn:
+            return _state(conn)
     from kb.db.store import CaseStore  # PostgreSQL, in-memory or URI-style SQLite
 
     with CaseStore(url) as store:
         return store.state()
 
 
-def _sqlite_file(url: str) -> Path | None:
-    """The file of a plain path or ``sqlite:///`` URL, read as ``make_url`` would."""
+def sqlite_file(url: str) -> Path | None:
+    """The file of a plain path or ``sqlite:///`` URL, read as ``make_url`` would; None for
+    other databases, in-memory ones and URI-style SQLite URLs."""
     if "://" not in url:
         return Path(url).expanduser().resolve()
     match = _SQLITE_URL.match(url)
@@ -60,29 +68,31 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(database).expanduser().resolve()
 
 
-def _read_sqlite(path: Path) -> DbState:
+@contextmanager
+def snapshot(path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection to the SQLite file ``path`` inside one read transaction (one consistent view
+    for every read in it). Errors become the one-line DatabaseErrors the SQLAlchemy layer gives."""
     timeout = resolve_lock_timeout()
     try:
         conn = sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True, timeout=timeout, isolation_level=None)
     except sqlite3.Error as err:
         raise DatabaseError(f"cannot open database file {path}: {one_line(err)}") from None
     try:
-        conn.execute("BEGIN")  # one snapshot for both reads
-        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        version = None
-        if "alembic_version" in tables:
-            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-            version = row[0] if row else None
-        meta: dict[str, str] = {}
-        if "kbq_meta" in tables:
-            meta = {key: value for key, value in conn.execute("SELECT key, value FROM kbq_meta")}
-        return DbState(schema_version=version, revision=meta.get("revision"), meta=meta)
+        conn.execute("BEGIN")
+        yield conn
     except sqlite3.Error as err:
-        text = str(err).lower()
-        if "locked" in text:
-            raise DatabaseError(locked_message(str(path), timeout)) from None
-        if "not a database" in text:
-            raise DatabaseError(f"not a SQLite database: {path}") from None
-        raise DatabaseError(f"database error on {path}: {one_line(err)}") from None
+        raise DatabaseError(known_problem(str(err), str(path), timeout) or f"database error on {path}: {one_line(err)}") from None
     finally:
         conn.close()
+
+
+def _state(conn: sqlite3.Connection) -> DbState:
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    version = None
+    if "alembic_version" in tables:
+        row = conn.execute(SCHEMA_VERSION).fetchone()
+        version = row[0] if row else None
+    meta: dict[str, str] = {}
+    if "kbq_meta" in tables:
+        meta = {key: value for key, value in conn.execute(META)}
+    return DbState(schema_version=version, revision=meta.get("revision"), meta=meta)

@@ -17,18 +17,18 @@ from datetime import datetime, timezone
 from itertools import islice
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Select, Text, bindparam, cast, delete, func, insert, inspect, select, update
+from sqlalchemy import Connection, Text, TextClause, bindparam, column, delete, insert, inspect, select, text, update
 
-from kb.casefiles import validate_document
-from kb.db._base import StoreBase, schema_version, utc
-from kb.db._common import no_schema_message
+from kb.db import queries
+from kb.db._base import StoreBase, schema_version
+from kb.db._common import no_schema_message, utc
 from kb.db.engine import describe
 from kb.db.fastmeta import DbState
 from kb.db.migrate import HEAD, upgrade_in
 from kb.db.schema import CaseRow, MetaRow, cases_table
 from kb.errors import DatabaseError
 from kb.models import Case, document_hash
-from kb.stored import StoredJson
+from kb.stored import StoredCase, StoredJson
 
 REVISION_KEY = "revision"
 T = TypeVar("T")
@@ -36,23 +36,6 @@ _CHUNK = 500  # ids per IN (...), well under every backend's parameter limit
 # Cases read, looked up and written per round: large enough that executemany, not
 # the per-statement overhead, sets the pace; small enough to keep memory flat.
 BATCH = 1000
-
-
-@dataclass(frozen=True)
-class StoredCase:
-    """A case as stored: its document plus the timestamps the store keeps."""
-
-    id: str
-    status: str
-    document: dict[str, Any]
-    created_at: datetime
-    updated_at: datetime
-
-    def to_case(self) -> Case:
-        """The validated case with its timestamps, e.g. for export; a row stored before a check it
-        fails existed (a control character, a size limit) is named in one line."""
-        return validate_document({**self.document, "created_at": self.created_at, "updated_at": self.updated_at},
-                                 f"stored case '{self.id}'")
 
 
 @dataclass
@@ -155,15 +138,13 @@ class CaseStore(StoreBase):
 
     def get(self, case_id: str) -> StoredCase | None:
         with self._read() as conn:
-            row = conn.execute(_stored_select().where(CaseRow.id == case_id)).one_or_none()
+            row = conn.execute(_stored_text(queries.CASE_BY_ID), {"id": case_id}).one_or_none()
         return _stored(row) if row else None
 
     def all(self, status: str | None = None) -> list[StoredCase]:
-        query = _stored_select().order_by(CaseRow.id)
-        if status is not None:
-            query = query.where(CaseRow.status == status)
+        statement, parameters = queries.cases_query(status)
         with self._read() as conn:
-            return [_stored(row) for row in conn.execute(query)]
+            return [_stored(row) for row in conn.execute(_stored_text(statement), parameters)]
 
     def sources(self) -> list[tuple[str, str, list[str]]]:
         """(id, status, sources) of every case, without reading the rest of the documents."""
@@ -174,10 +155,8 @@ class CaseStore(StoreBase):
     def reviewed_json(self) -> list[StoredJson]:
         """Every reviewed case, ordered by id, with its document as the JSON text stored: what an
         index build reads (it decodes the documents in parallel, :mod:`kb.index`)."""
-        query = (
-            select(CaseRow.id, CaseRow.status, cast(CaseRow.document, Text), CaseRow.created_at, CaseRow.updated_at)
-            .where(CaseRow.status == "reviewed")
-            .order_by(CaseRow.id)
+        query = text(queries.REVIEWED_JSON).columns(
+            cases_table.c.id, cases_table.c.status, column("document", Text), cases_table.c.created_at, cases_table.c.updated_at
         )
         with self._read() as conn:
             return [
@@ -187,9 +166,8 @@ class CaseStore(StoreBase):
 
     def counts(self) -> dict[str, int]:
         """Number of cases by status."""
-        query = select(CaseRow.status, func.count()).group_by(CaseRow.status).order_by(CaseRow.status)
         with self._read() as conn:
-            return {status: count for status, count in conn.execute(query)}
+            return {status: count for status, count in conn.execute(text(queries.COUNT_BY_STATUS))}
 
     def read_meta(self) -> dict[str, str]:
         with self._read() as conn:
@@ -231,7 +209,7 @@ class CaseStore(StoreBase):
 
 
 def _meta(conn: Connection) -> dict[str, str]:
-    return {key: value for key, value in conn.execute(select(MetaRow.key, MetaRow.value))}
+    return {key: value for key, value in conn.execute(text(queries.META))}
 
 
 def _set_meta(conn: Connection, values: dict[str, str]) -> list[str]:
@@ -378,8 +356,10 @@ def _columns(case: Case) -> dict[str, Any]:
     }
 
 
-def _stored_select() -> Select[Any]:
-    return select(CaseRow.id, CaseRow.status, CaseRow.document, CaseRow.created_at, CaseRow.updated_at)
+def _stored_text(statement: str) -> TextClause:
+    """A statement of :mod:`kb.db.queries` returning stored cases, typed by the table's columns
+    (JSON documents and timestamps come back decoded, as from any query on the table)."""
+    return text(statement).columns(*(cases_table.c[name] for name in queries.STORED_COLUMNS))
 
 
 def _stored(row: Any) -> StoredCase:

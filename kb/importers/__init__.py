@@ -7,25 +7,35 @@ and the index never serves them, until a reviewer flips the status.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import CaseFileError
 from ..lexicon import Lexicon
 from ..models import Case
 from ..threads import ThreadIndex
 
+if TYPE_CHECKING:
+    from ..progress import Progress
 
-def drafts_from_articles(paths: list[Path]) -> list[Case]:
+
+def drafts_from_articles(paths: list[Path], progress: Progress | None = None) -> list[Case]:
+    """A draft per write-up; ``progress`` hears how many files are done (kb.progress)."""
+    from ..progress import tracked
     from .article import import_article
 
     lexicon = Lexicon.from_file()
-    return [import_article(_existing(path), lexicon) for path in paths]
+    with tracked(progress, "drafting cases from articles", len(paths), "files") as ticker:
+        return [import_article(_existing(path), lexicon) for path in ticker.over(paths)]
 
 
-def drafts_from_github(paths: list[Path]) -> list[Case]:
+def drafts_from_github(paths: list[Path], progress: Progress | None = None) -> list[Case]:
+    """The drafts of each issue thread; ``progress`` hears how many files are done (kb.progress)."""
+    from ..progress import tracked
     from .github import import_github
 
     lexicon = Lexicon.from_file()
-    return [case for path in paths for case in import_github(_existing(path), lexicon)]
+    with tracked(progress, "drafting cases from GitHub issues", len(paths), "files") as ticker:
+        return [case for path in ticker.over(paths) for case in import_github(_existing(path), lexicon)]
 
 
 def screen(drafts: list[Case], known: ThreadIndex, *, keep_duplicates: bool = False) -> tuple[list[Case], list[str]]:

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from itertools import islice
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Text, TextClause, bindparam, column, delete, insert, inspect, select, text, update
+from sqlalchemy import Connection, Text, TextClause, bindparam, cast, column, delete, insert, inspect, select, text, update
 
 from kb.db import queries
 from kb.db._base import StoreBase, schema_version

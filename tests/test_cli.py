@@ -558,6 +558,7 @@ def _write_draft(directory: Path) -> None:
     data = {**_base_case(), "id": DRAFT_ID, "status": "draft"}
     data["title"] = f"{DRAFT_WORD} draft: Mini-Gemini Qwen2-4B stage-1 loss 1.8"
     data["symptom"] = f"{DRAFT_WORD} " + data["symptom"]
+    data["sources"] = ["https://github.com/example-org/example-trainer/issues/1"]  # its own thread (one case per thread)
     dump_yaml(data, directory / f"{DRAFT_ID}.yaml")
 
 

@@ -16,12 +16,16 @@ the thread it documents; later sources are related threads (duplicates merged
 into it, the pull request that fixed it), which two cases may share: one pull
 request can fix two problems. Two cases clash when the first source of one is
 among the sources of the other.
+
+A database keeps each stored case's keys in a table (``case_threads``, written with
+the case), so a write looks up only the keys of the cases it writes: :func:`filed_keys`
+and :func:`key_digest` say under what a stored row of a thread can be found.
 """
 
 from __future__ import annotations
 
 import functools
-import json
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +75,15 @@ def _renames() -> dict[str, str]:
     return current
 
 
+@functools.cache
+def _all_names() -> dict[str, tuple[str, ...]]:
+    """Current 'owner/name' (lower case) -> every name the repository had (lower case), itself included."""
+    names: dict[str, list[str]] = {}
+    for alias, name in _renames().items():
+        names.setdefault(name.lower(), []).append(alias)
+    return {name: tuple(dict.fromkeys([name, *aliases])) for name, aliases in names.items()}
+
+
 def current_repo(owner: str, repo: str) -> tuple[str, str]:
     """The repository's current (owner, name): itself unless it is listed as renamed."""
     moved = _renames().get(f"{owner}/{repo}".lower())
@@ -92,7 +105,7 @@ def thread_key(source: str) -> str:
     text = source.strip()
     thread = github_thread(text)
     if thread:
-        return f"github:{thread.owner.lower()}/{thread.repo.lower()}#{thread.number}"
+        return _github_key(f"{thread.owner}/{thread.repo}", thread.number)
     if _SCHEME.match(text):
         parts = urlsplit(text)
         host = (parts.hostname or "").removeprefix("www.")
@@ -103,21 +116,28 @@ def thread_key(source: str) -> str:
     return f"text:{text}"
 
 
-def search_token(source: str) -> str | None:
-    """A piece of text that every spelling of ``source``'s thread contains, as it appears in a
-    stored case's JSON (non-ASCII written as ``\\u`` escapes); None when there is none."""
-    text = source.strip()
-    thread = github_thread(text)
-    if thread:
-        token = f"/{thread.number}"
-    elif _SCHEME.match(text):
-        segments = [s for s in urlsplit(text).path.split("/") if s]
-        if not segments:
-            return None  # only the host: its letter case may differ
-        token = segments[-1]
-    else:
-        token = text
-    return json.dumps(token)[1:-1] or None
+def _github_key(repo: str, number: int) -> str:
+    """The key of issue, pull request or discussion ``number`` of ``repo`` ('owner/name')."""
+    return f"github:{repo.lower()}#{number}"
+
+
+def filed_keys(source: str) -> list[str]:
+    """Every key a stored row of ``source``'s thread may be filed under: its key, and for a
+    GitHub thread the key under each earlier name of the repository too (a row written
+    before ``repo_renames.yaml`` listed a move keys on the name of that day). A change of
+    the key rules themselves needs a migration that writes the rows again."""
+    key = thread_key(source)
+    thread = github_thread(source.strip())
+    if thread is None:
+        return [key]
+    names = _all_names().get(f"{thread.owner}/{thread.repo}".lower(), ())
+    return list(dict.fromkeys([key, *(_github_key(name, thread.number) for name in names)]))
+
+
+def key_digest(key: str) -> str:
+    """The fixed-length form of a key a database indexes: a key can be as long as a source
+    (1,000 characters of any script), longer than PostgreSQL indexes a text value."""
+    return hashlib.blake2b(key.encode("utf-8"), digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -163,7 +183,13 @@ class ThreadIndex:
 
     def add(self, case_id: str, sources: Iterable[str], *, where: str | None = None, status: str = "reviewed") -> None:
         for position, source in enumerate(sources):
-            self._owners.setdefault(thread_key(source), []).append(_Owner(case_id, source, position == 0, where, status))
+            self.add_source(case_id, source, first=position == 0, where=where, status=status)
+
+    def add_source(self, case_id: str, source: str, *, first: bool, where: str | None = None,
+                   status: str = "reviewed") -> None:
+        """One source of a case (a database gives them one row at a time); ``first`` says
+        whether it is the thread the case documents."""
+        self._owners.setdefault(thread_key(source), []).append(_Owner(case_id, source, first, where, status))
 
     def clash(self, case_id: str, sources: Iterable[str]) -> Clash | None:
         """The first case of the index whose thread draft ``case_id`` would document again. A

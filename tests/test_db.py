@@ -29,7 +29,7 @@ from conftest import case_data
 from dbtables import table_names as _tables
 
 REPO = Path(__file__).resolve().parents[1]
-KBQ_TABLES = {"cases", "kbq_meta", "feedback", "chat_sessions", "github_answers", "github_deliveries"}
+KBQ_TABLES = {"cases", "case_threads", "kbq_meta", "feedback", "chat_sessions", "github_answers", "github_deliveries"}
 
 
 def _pg_schema(url: str) -> str | None:

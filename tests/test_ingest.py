@@ -279,7 +279,7 @@ def test_ingest_refuses_a_new_case_of_a_stored_thread(tmp_path: Path, db_url: st
 
 
 def test_ingest_refuses_two_cases_of_one_thread_in_one_run(tmp_path: Path, db_url: str, kbq_home: Path) -> None:
-    """Forty files, so every stored case's sources are read (not only those sharing a token)."""
+    """Forty files in one run, two of them spelling one thread differently: the later one is named."""
     directory = write_case_files(tmp_path / "cases", [f"case-{i:02d}" for i in range(40)])
     write_case_files(directory, ["case-03"], sources=["https://github.com/o/r/issues/31"])
     write_case_files(directory, ["case-35"], sources=["https://github.com/O/R/pull/31/files"])

@@ -67,6 +67,7 @@ def test_wheel_contents(wheel: Path) -> None:
         "kb/_bundled/migrations/versions/0001_initial.py",
         "kb/_bundled/migrations/versions/0002_feedback_and_chat.py",
         "kb/_bundled/migrations/versions/0003_github_bot.py",
+        "kb/_bundled/migrations/versions/0004_case_threads.py",
         "kb/data/github_bot.yaml",
         "kb/data/chat.yaml",
         "api/app.py",

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
 
 # Every migration this kbq carries, oldest first; a test checks them against Alembic's scripts.
-REVISIONS = ("0001", "0002", "0003")
+REVISIONS = ("0001", "0002", "0003", "0004")
 HEAD = REVISIONS[-1]
 # Any fixed 64-bit number works; all kbq processes must use the same one.
 SCHEMA_LOCK_KEY = 0x6B62715F736368  # "kbq_sch"

@@ -3,6 +3,8 @@
 The whole case lives in ``cases.document`` (JSON) so the pydantic model stays
 the single definition of a case; the other columns are copies of the fields
 we filter on. ``sqlalchemy.JSON`` keeps SQLite and PostgreSQL identical.
+``case_threads`` holds each case's sources keyed by thread (kb.threads), written
+with the case, so a write finds the cases sharing its threads by index.
 ``feedback`` and ``chat_sessions`` hold what users do with the case base,
 not the case base itself; ``github_answers`` and ``github_deliveries`` what
 the GitHub issue bot did. The migrations up to head must create exactly
@@ -46,6 +48,22 @@ class CaseRow(Base):
     content_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CaseThreadRow(Base):
+    """One source of a case, filed under the digest of its thread key (kb.threads.key_digest).
+
+    Written and removed with the case's row in the same transaction (kb.db.store), so a
+    write checks its threads against the indexed digests instead of reading every case.
+    No foreign key: on SQLite a batch migration recreating ``cases`` would cascade into it.
+    """
+
+    __tablename__ = "case_threads"
+
+    case_id: Mapped[str] = mapped_column(String(120), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)  # 0: the first source
+    source: Mapped[str] = mapped_column(Text)
+    key_digest: Mapped[str] = mapped_column(String(32), index=True)
 
 
 class MetaRow(Base):
@@ -124,6 +142,7 @@ class GitHubDeliveryRow(Base):
 
 metadata = Base.metadata
 cases_table = CaseRow.__table__
+case_threads_table = CaseThreadRow.__table__
 meta_table = MetaRow.__table__
 feedback_table = FeedbackRow.__table__
 chat_sessions_table = ChatSessionRow.__table__

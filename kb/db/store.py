@@ -4,7 +4,8 @@ An ingest is one transaction: it either applies every change (and a new
 ``revision``) or none. Writers are serialized: on SQLite by ``BEGIN
 IMMEDIATE`` (see :mod:`kb.db.engine`), on PostgreSQL by locking the
 ``revision`` row, so two ingests never interleave. Connection and transaction
-handling shared with other stores lives in :mod:`kb.db._base`.
+handling shared with other stores lives in :mod:`kb.db._base`. A case's rows in
+``case_threads`` (its sources by thread key) are written and removed with it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from kb.db._common import no_schema_message, utc
 from kb.db.engine import describe
 from kb.db.fastmeta import DbState
 from kb.db.migrate import HEAD, upgrade_in
-from kb.db.schema import CaseRow, MetaRow, cases_table
+from kb.db.schema import CaseRow, CaseThreadRow, MetaRow, case_threads_table, cases_table
 from kb.errors import DatabaseError
 from kb.models import Case, document_hash
 from kb.stored import StoredCase, StoredJson
@@ -116,6 +117,7 @@ class CaseStore(StoreBase):
                 report.removed += gone
                 if gone:
                     conn.execute(delete(CaseRow).where(CaseRow.id.in_(gone)))
+                    conn.execute(delete(CaseThreadRow).where(CaseThreadRow.case_id.in_(gone)))
             if distinct_threads:
                 changed = set(report.added) | set(report.updated)
                 _refuse_shared_threads(conn, [case_id for case_id in written if case_id in changed])
@@ -252,54 +254,53 @@ def _refuse_existing(conn: Connection, batch: list[Case]) -> None:
         raise ConflictError(f"case '{taken[0]}' already exists; use PUT /v1/cases/{taken[0]} to revise it")
 
 
-# Up to this many search tokens (a POST of a case with a source or three), the check reads only
-# the stored cases whose JSON contains one: one LIKE scan of the documents per token, each
-# cheaper than reading every case's sources (json_extract) and keying them in Python, which is
-# what a larger write does, once.
-_FEW_TOKENS = 3
-
-
 def _refuse_shared_threads(conn: Connection, written: list[str]) -> None:
-    """Raise DuplicateThreadError when a written case and another case document one thread."""
+    """Raise DuplicateThreadError when a written case and another case document one thread.
+
+    Reads the ``case_threads`` rows of the written cases, then by the indexed digest the
+    rows of every case filed under one of their keys (kb.threads.filed_keys): the work
+    grows with the cases written, not with the cases stored. The rule itself is
+    ThreadIndex's, applied to the keys of the sources as they read now. The rows already
+    hold this transaction's writes, so cases of one ingest are checked against each other
+    whatever batch they came in."""
     if not written:
         return
     from kb.errors import DuplicateThreadError
-    from kb.threads import ThreadIndex
+    from kb.threads import ThreadIndex, filed_keys, key_digest
 
+    order = {case_id: position for position, case_id in enumerate(written)}
+    columns = (CaseThreadRow.case_id, CaseThreadRow.position, CaseThreadRow.source)
+    own = sorted((row for chunk in _chunks(written) for row in conn.execute(
+        select(*columns).where(CaseThreadRow.case_id.in_(chunk)))), key=lambda row: (order[row[0]], row[1]))
+    digests = list(dict.fromkeys(key_digest(key) for _, _, source in own for key in filed_keys(source)))
+    seen = {(case_id, position) for case_id, position, _ in own}
+    others = sorted({(case_id, position, source) for chunk in _chunks(digests) for case_id, position, source in
+                     conn.execute(select(*columns).where(CaseThreadRow.key_digest.in_(chunk)))
+                     if (case_id, position) not in seen})
     index = ThreadIndex()
-    for case_id, sources in _thread_candidates(conn, written):
-        index.add(case_id, sources or [])
+    for case_id, position, source in [*own, *others]:
+        index.add_source(case_id, source, first=position == 0)
     clash = index.clash_among(written)
     if clash is not None:
         raise DuplicateThreadError(clash.message(f"case '{clash.case_id}'"), clash)
 
 
-def _thread_candidates(conn: Connection, written: list[str]) -> Iterator[tuple[str, list[str]]]:
-    """(id, sources) of every case that may share a thread with a written one."""
-    from sqlalchemy import or_
+def _thread_rows(cases: Iterable[Case]) -> list[dict[str, Any]]:
+    """The ``case_threads`` rows of ``cases``: one per source, under its thread key's digest."""
+    from kb.threads import key_digest, thread_key
 
-    from kb.threads import search_token
-
-    sources = CaseRow.document["sources"]
-    if len(written) <= _FEW_TOKENS:
-        own = list(conn.execute(select(CaseRow.id, sources).where(CaseRow.id.in_(written))))
-        tokens = {search_token(source) for _, listed in own for source in listed or []}
-        if None not in tokens and len(tokens) <= _FEW_TOKENS:
-            text = cast(CaseRow.document, Text)
-            others = conn.execute(select(CaseRow.id, sources).where(
-                CaseRow.id.not_in(written), or_(*(text.contains(token, autoescape=True) for token in sorted(tokens)))))
-            yield from own
-            yield from others
-            return
-    yield from conn.execute(select(CaseRow.id, sources))
+    return [{"case_id": case.id, "position": position, "source": source, "key_digest": key_digest(thread_key(source))}
+            for case in cases for position, source in enumerate(case.sources)]
 
 
 def _write_batch(conn: Connection, batch: list[Case], now: datetime, report: IngestReport,
                  guard: Mapping[str, str] | None = None) -> None:
-    """One lookup of what is stored, then one executemany each for new and for changed rows."""
+    """One lookup of what is stored, then one executemany each for new and for changed rows
+    (and for their ``case_threads`` rows: a changed case's are replaced)."""
     existing = _existing(conn, [case.id for case in batch])
     new: list[dict[str, Any]] = []
     changed: list[dict[str, Any]] = []
+    threaded: list[Case] = []
     for case in batch:
         old = existing.get(case.id)
         row = _row(case, old, now)
@@ -309,16 +310,22 @@ def _write_batch(conn: Connection, batch: list[Case], now: datetime, report: Ing
             report.kept.append(case.id)
         elif old is None:
             new.append(row)
+            threaded.append(case)
             report.added.append(case.id)
         else:
             # executemany SETs every key of the row: the id goes to the WHERE under its own name
             row["row_id"] = row.pop("id")
             changed.append(row)
+            threaded.append(case)
             report.updated.append(case.id)
     if new:
         conn.execute(insert(cases_table), new)
     if changed:
         conn.execute(update(cases_table).where(cases_table.c.id == bindparam("row_id")), changed)
+        for chunk in _chunks(row["row_id"] for row in changed):
+            conn.execute(delete(CaseThreadRow).where(CaseThreadRow.case_id.in_(chunk)))
+    if threaded:
+        conn.execute(insert(case_threads_table), _thread_rows(threaded))
 
 
 def _row(case: Case, old: tuple[str, datetime, datetime] | None, now: datetime) -> dict[str, Any] | None:

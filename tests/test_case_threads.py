@@ -144,7 +144,7 @@ def test_a_row_filed_before_kbq_knew_of_a_rename_still_clashes(db_url: str, kbq_
 
 # Statements touching the case tables must pick their rows by an indexed column, by value.
 _TABLE = re.compile(r"\b(?:FROM|UPDATE|JOIN)\s+(cases|case_threads)\b", re.IGNORECASE)
-_BY_KEY = re.compile(r"^WHERE (?:cases\.id|case_threads\.case_id|case_threads\.key_digest) (?:=|IN \()", re.IGNORECASE)
+_BY_KEY = re.compile(r"^WHERE (?:(?:cases\.)?id|case_threads\.case_id|case_threads\.key_digest) (?:=|IN \()", re.IGNORECASE)
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 
 from .lexicon import CJK_CHARS, detect_language
-from .report import _LINE_PREFIX, _RANK_TAG, _TB_FRAME, _TB_HEADER, ANSI_ESCAPE
+from .report import LINE_PREFIX, RANK_TAG, TB_FRAME, TB_HEADER, ANSI_ESCAPE
 
 LANGUAGES = ("en", "zh")
 
@@ -42,9 +42,9 @@ _PLAIN_WORD = re.compile(r"(?<![\w\-./'\"`=])[A-Za-z]{2,}(?:'[a-z]+)?(?![\w\-./'
 
 def _is_material(line: str) -> bool:
     """Whether a line is pasted material (log, traceback, code, settings), not something the user said."""
-    if _INDENTED.match(line) or _TB_HEADER.match(line) or _TB_FRAME.match(line):
+    if _INDENTED.match(line) or TB_HEADER.match(line) or TB_FRAME.match(line):
         return True
-    if _LINE_PREFIX.match(line) or _RANK_TAG.match(line.lstrip()):
+    if LINE_PREFIX.match(line) or RANK_TAG.match(line.lstrip()):
         return True
     if _EXCEPTION.match(line) or _COMMAND.match(line) or _SETTING.match(line):
         return True

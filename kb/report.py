@@ -28,12 +28,12 @@ from typing import Iterator
 SHORT_QUERY_CHARS = 300
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
-_HTML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
+HTML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
 _HTML_TAG = re.compile(r"</?(?:details|summary|br|p|pre|code|sup|sub|kbd)\s*/?>", re.I)
 
 # Distributed-run tags: torch's '[rank3]:' and '[default0]:', DeepSpeed's '[Rank 3]',
 # mpirun's '[1,0]<stderr>:'. Removed anywhere; they number processes, not settings.
-_RANK_TAG = re.compile(r"\[(?:rank|default|local_rank)\s*\d+\]:? ?|\[\d+,\d+\]<std(?:out|err)>: ?", re.I)
+RANK_TAG = re.compile(r"\[(?:rank|default|local_rank)\s*\d+\]:? ?|\[\d+,\d+\]<std(?:out|err)>: ?", re.I)
 
 # File paths. Absolute (and ~/, ./, ../) paths of two or more parts; relative
 # paths only when they end in a file extension, because 'Qwen/Qwen2-7B' is a
@@ -56,7 +56,7 @@ _WINDOWS_PATH_SPACED = re.compile(r" [a-zA-Z]:\\[^\s\"'<>|*?]* ")
 _LIBRARY_PATH = re.compile(r"site-packages|dist-packages|/lib/python|/lib64/|/usr/|/bin/|/include/|/conda/|/envs/", re.I)
 
 # Prefixes that log handlers put before a message, at the start of a line.
-_LINE_PREFIX = re.compile(
+LINE_PREFIX = re.compile(
     r"^(?:"
     r"[\w.\-]+:\d+:\d+ \[\d+\] "  # NCCL: host:pid:tid [device]
     r"|[IWEF]\d{4} \d{2}:\d{2}:\d{2}\.\d+\s+\d+\s+[^\s\]]+\] ?"  # glog: W0501 12:00:00.123 4567 file.cpp:12]
@@ -80,13 +80,13 @@ _HEX_RUN = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}|[0-
 _URL_QUERY = re.compile(r"(https?://[^\s?#<>\"')\]]+)[?#][^\s<>\"')\]]*")
 
 # Python tracebacks: the header, the frames and what Python prints between chained exceptions.
-_TB_HEADER = re.compile(
+TB_HEADER = re.compile(
     r"\s*(?:Traceback \(most recent call last\)"
     r"|During handling of the above exception, another exception occurred"
     r"|The above exception was the direct cause of the following exception):?\s*$"
 )
 # Python frames, and the C++ frames of torch's c10 errors ('frame #3: ... (0x7f.. in libc10.so)').
-_TB_FRAME = re.compile(r"\s*(?:File \"[^\"\n]*\", line \d+|frame #\d+:|Exception raised from \S+ at \S+)")
+TB_FRAME = re.compile(r"\s*(?:File \"[^\"\n]*\", line \d+|frame #\d+:|Exception raised from \S+ at \S+)")
 _TB_STARTS = ("Traceback", "During handling", "The above exception", 'File "', "frame #", "Exception raised from")
 _EXCEPTION_LINE = re.compile(r"[A-Za-z_][\w.]*(?::|$)")
 
@@ -201,7 +201,7 @@ def _strip_unix_paths(text: str) -> str:
 def strip_paths_and_ranks(text: str) -> str:
     """Remove rank tags and file paths, the two things that mislead the parser in any query."""
     if "[" in text:
-        text = _RANK_TAG.sub("", text)
+        text = RANK_TAG.sub("", text)
     if ":\\" in text:
         text = _WINDOWS_PATH_SPACED.sub(" ", text)
         text = _WINDOWS_PATH.sub("", text)
@@ -224,10 +224,10 @@ def _traceback_lines(lines: list[str]) -> Iterator[tuple[str, bool]]:
     state = "text"  # "text", "trace" (inside a traceback) or "frame" (just after a frame line)
     for line in lines:
         if line.lstrip().startswith(_TB_STARTS):
-            if _TB_HEADER.match(line):
+            if TB_HEADER.match(line):
                 state = "trace"
                 continue
-            if _TB_FRAME.match(line):
+            if TB_FRAME.match(line):
                 state = "frame"
                 continue
         ends = state != "text"
@@ -252,7 +252,7 @@ def _drop_tracebacks(lines: list[str]) -> list[str]:
 
 def traceback_errors(text: str) -> list[str]:
     """The error line that ends each Python traceback in ``text`` (rank tags removed), in order."""
-    return [line.strip() for line, ends in _traceback_lines(_RANK_TAG.sub("", text).split("\n")) if ends]
+    return [line.strip() for line, ends in _traceback_lines(RANK_TAG.sub("", text).split("\n")) if ends]
 
 
 def clean_report(text: str) -> str:
@@ -262,12 +262,12 @@ def clean_report(text: str) -> str:
     if "\n" not in text and "\r" not in text and len(text) < SHORT_QUERY_CHARS:
         return strip_paths_and_ranks(text).strip()
     if "<!--" in text:
-        text = _HTML_COMMENT.sub("", text)
+        text = HTML_COMMENT.sub("", text)
     if "[" in text:
-        text = _RANK_TAG.sub("", text)
+        text = RANK_TAG.sub("", text)
     text = _BLANK_LINES.sub("", text.replace("\r\n", "\n").replace("\r", "\n").replace("\t", "    "))
     if _HAS_CLOCK.search(text) or any(hint in text for hint in _PREFIX_HINTS):
-        text = _LINE_PREFIX.sub("", text)
+        text = LINE_PREFIX.sub("", text)
     text = _template_line().sub("", text)
     if "Traceback" in text or 'File "' in text or "frame #" in text:
         text = "\n".join(_drop_tracebacks(text.split("\n")))

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..paths import data_file
-from ..report import _HTML_COMMENT, _RANK_TAG, clean_report, traceback_errors
+from ..report import HTML_COMMENT, RANK_TAG, clean_report, traceback_errors
 from .drafts import first_sentences
 
 TEMPLATES_FILE = "issue_templates.yaml"
@@ -111,7 +111,7 @@ class IssueBody:
 def split_body(body: str) -> IssueBody:
     """Read an issue body section by section (see the module docstring)."""
     known = templates()
-    text = _HTML_COMMENT.sub("", body.replace("\r\n", "\n").replace("\r", "\n"))
+    text = HTML_COMMENT.sub("", body.replace("\r\n", "\n").replace("\r", "\n"))
     kind = "own"
     prose: list[str] = []
     logs: list[str] = []
@@ -146,7 +146,7 @@ def error_line(text: str, known: Templates | None = None) -> str | None:
     only when no worker's error is there); failing a traceback, the last error line standing alone."""
     known = known or templates()
     found = traceback_errors(text) or [
-        line.strip() for line in _RANK_TAG.sub("", text).split("\n") if _ERROR_LINE.match(line.strip())
+        line.strip() for line in RANK_TAG.sub("", text).split("\n") if _ERROR_LINE.match(line.strip())
     ]
     own = [line for line in found if line.split(":", 1)[0].rsplit(".", 1)[-1] not in known.wrapper_errors]
     chosen = (own or found or [None])[-1]
